@@ -1,0 +1,102 @@
+"""`fastkernels` command line. Each subcommand is a pair: `_args_<name>(parser)` declares its
+flags, `_cmd_<name>(args) -> int` runs it. Errors a user can hit (FastKernelsError) print as one
+line and exit 2; anything else is our bug and keeps its traceback. Commands contributed by other
+packages (the cockpit's `tui`) come in through the `fastkernels.commands` entry-point group."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from rich.console import Console
+from rich.table import Table
+
+from fastkernels.errors import FastKernelsError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def add_model_args(p: argparse.ArgumentParser, *, level_required: bool = True) -> None:
+    """--model/--level/--tiny, shared by every command that works on a model's operators."""
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"HF model id or local path (default {DEFAULT_MODEL})")
+    p.add_argument("--level", required=level_required, default=None if level_required else 1,
+                   help="1 kernels, 2 blocks, 3 decoder layers, 4 whole model")
+    p.add_argument("--tiny", action="store_true", help="the same architecture shrunk so a CPU runs it in seconds")
+
+
+# ---- list -------------------------------------------------------------------------------------
+
+def _args_list(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+
+
+def _fmt_shape(shape: dict) -> str:
+    dims = ",".join(f"{k}={v}" for k, v in shape.items() if k != "init")
+    init = shape.get("init")
+    return dims + (f" [{','.join(f'{k}={v}' for k, v in init.items())}]" if init else "")
+
+
+def _cmd_list(args) -> int:
+    from fastkernels.agent.agent import discover_operators
+    from fastkernels.models.catalog import resolve
+
+    specs = discover_operators(args.model, args.level, tiny=args.tiny)
+    entry = resolve(args.model, args.tiny)
+    table = Table(title=f"{entry.display_name} · level {specs[0].level if specs else args.level} · {len(specs)} operators")
+    table.add_column("operator", style="bold")
+    table.add_column("class")
+    table.add_column("stands for (HF)")
+    table.add_column("shapes")
+    table.add_column("used by")
+    for s in specs:
+        shapes = "\n".join(f"{name}: {_fmt_shape(sh)}" for name, sh in s.shapes.items())
+        families = sorted(s.families)
+        table.add_row(s.name, s.class_name, s.stands_for, shapes, f"{len(s.models)} models\n({', '.join(families)})")
+    console.print(table)
+    return 0
+
+
+# ---- dispatch ---------------------------------------------------------------------------------
+
+COMMANDS = {
+    "list": ("list the operators of a model at a level", _args_list, _cmd_list),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastkernels", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_args, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(_run=run)
+    for ep in entry_points(group="fastkernels.commands"):
+        try:
+            help_text, add_args, run = ep.load()()
+        except ImportError as exc:  # the contributing package is broken or half-installed
+            err_console.print(f"[yellow]warning:[/] command {ep.name!r} unavailable: {exc}")
+            continue
+        p = sub.add_parser(ep.name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except FastKernelsError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The typed events the engine emits: the only thing a front end (CLI, cockpit) consumes.
+
+The engine calls an `EventSink` (any callable taking an Event); it never knows who listens. Sinks
+are called from worker threads: a sink must be quick and thread-safe (the cockpit forwards each
+event to the UI thread with `call_from_thread`; the CLI updates a progress display under a lock).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Event:
+    ts: float = field(default_factory=time.time, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass
+class RunStarted(Event):
+    model_id: str
+    level: int
+    backend: str
+    tiny: bool
+    weights: str = ""
+    device: str = ""
+
+
+@dataclass
+class Discovered(Event):
+    model_id: str
+    level: int
+    ops: list[str]
+
+
+@dataclass
+class GenerationStarted(Event):
+    op: str
+    attempt: int
+    backend: str
+
+
+@dataclass
+class TextDelta(Event):
+    op: str
+    attempt: int
+    text: str
+
+
+@dataclass
+class GenerationFinished(Event):
+    op: str
+    attempt: int
+    code: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class ValidationFailed(Event):
+    op: str
+    attempt: int
+    error: str
+    stage: str = "validate"  # "extract", "static", "import", "init", "unit"
+
+
+@dataclass
+class RetryScheduled(Event):
+    op: str
+    attempt: int  # the attempt about to run
+    reason: str
+
+
+@dataclass
+class KernelSaved(Event):
+    op: str
+    path: str
+    status: str  # "valid", "correct", "failed", "blamed", "approved", "rejected"
+
+
+@dataclass
+class UnitResult(Event):
+    op: str
+    attempt: int
+    passed: bool
+    result: dict[str, Any]  # bench.unit.UnitReport.to_dict()
+
+
+@dataclass
+class E2EProgress(Event):
+    stage: str
+    done: int
+    total: int
+    detail: str = ""
+
+
+@dataclass
+class E2EResult(Event):
+    passed: bool
+    report: dict[str, Any]
+
+
+@dataclass
+class KernelBlamed(Event):
+    op: str
+    reason: str
+
+
+@dataclass
+class Message(Event):
+    text: str
+    level: str = "info"  # "info", "warning", "error"
+
+
+@dataclass
+class RunFinished(Event):
+    summary: dict[str, Any]
+    interrupted: bool = False
+
+
+EventSink = Callable[[Event], None]
+
+
+def null_sink(event: Event) -> None:
+    """A sink that drops everything (library calls with no listener)."""
+
+
+class Recorder:
+    """A thread-safe sink that keeps every event (tests, replays, the cockpit's backlog)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of(self, kind: type[Event]) -> list:
+        with self._lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+def fan_out(*sinks: EventSink) -> EventSink:
+    def sink(event: Event) -> None:
+        for s in sinks:
+            s(event)
+
+    return sink
