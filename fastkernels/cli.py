@@ -60,10 +60,55 @@ def _cmd_list(args) -> int:
     return 0
 
 
+# ---- agent ------------------------------------------------------------------------------------
+
+def _args_agent(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--cuda-only", action="store_true", help="raw CUDA kernels (load_inline), no Triton")
+    p.add_argument("--max-retries", type=int, default=5, help="attempts after the first, with the error fed back")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the end-to-end benchmark")
+    p.add_argument("--llm-model", default="claude-opus-4-6",
+                   help="claude-*, openai:<name> (with --llm-base-url), replay:<dir>, or library (offline)")
+    p.add_argument("--llm-base-url", default=None, help="base URL of an OpenAI-compatible server")
+    p.add_argument("--skip-unit-tests", action="store_true", help="validate only; no per-operator benchmark")
+    p.add_argument("--ops", default=None, help="comma-separated subset of operators")
+    p.add_argument("--resume", action="store_true", help="keep kernels already accepted in --out; do the rest")
+    p.add_argument("--concurrency", type=int, default=4, help="operators generated at once")
+    p.add_argument("--out", default="tasks/candidate", help="where kernels land (L{level}/{op}.py)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end benchmark")
+    p.add_argument("--prompt-len", type=int, default=None, help="end-to-end prompt length")
+    p.add_argument("--new-tokens", type=int, default=None, help="end-to-end tokens to generate")
+
+
+def _cmd_agent(args) -> int:
+    from pathlib import Path
+
+    from fastkernels.agent.agent import Agent, AgentConfig
+    from fastkernels.agent.progress import LiveProgress, e2e_line, summary_table
+
+    config = AgentConfig(
+        model=args.model, level=args.level, tiny=args.tiny, llm_model=args.llm_model,
+        llm_base_url=args.llm_base_url, cuda_only=args.cuda_only, max_retries=args.max_retries,
+        skip_unit_tests=args.skip_unit_tests, concurrency=args.concurrency,
+        ops=[o.strip() for o in args.ops.split(",") if o.strip()] if args.ops else None,
+        resume=args.resume, out_dir=Path(args.out), tp=args.tp, e2e=not args.no_e2e,
+        prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+    )
+    progress = LiveProgress(console, f"{args.model}{' (tiny)' if args.tiny else ''} · level {config.level}")
+    agent = Agent(config, sink=progress)
+    agent.discover()
+    with progress:
+        summary = agent.run()
+    console.print(summary_table(summary))
+    console.print(e2e_line(summary.get("e2e")))
+    return 0 if summary["passing"] == summary["total"] and (not summary.get("e2e") or summary["e2e"].get("passed")) else 1
+
+
 # ---- dispatch ---------------------------------------------------------------------------------
 
 COMMANDS = {
     "list": ("list the operators of a model at a level", _args_list, _cmd_list),
+    "agent": ("generate, validate and benchmark kernels for every operator of a model", _args_agent, _cmd_agent),
 }
 
 

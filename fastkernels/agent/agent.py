@@ -1,12 +1,506 @@
-"""The agent: discover the operators of a model, generate kernels for them, validate, benchmark.
+"""The agent: discover the operators of a model, generate kernels for all of them in parallel,
+validate them (feeding errors back for up to `max_retries` more attempts), unit-benchmark them,
+benchmark the accepted ones end to end, and regenerate whatever the end-to-end run blames.
 
-This module keeps the seed's public names (`discover_operators`, ...)."""
+Everything is reported through events (fastkernels.events); nothing here knows who listens.
+Every accepted kernel is written to `out_dir/L{level}/{op}.py` at once (atomically, with a JSON
+status sidecar), so an interrupted run loses nothing and `resume` continues where it stopped.
+
+This module keeps the seed's public names: `discover_operators`, `validate_kernel`,
+`build_generation_prompt`, `build_retry_prompt`.
+"""
 
 from __future__ import annotations
 
-from fastkernels.registry.tasks import OperatorSpec, Workload, discover
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from fastkernels import events as ev
+from fastkernels.errors import UsageError
+from fastkernels.registry.tasks import OperatorSpec, Workload, check_level, discover
 
 
 def discover_operators(model: str, level, tiny: bool = False, workload: Workload | None = None) -> list[OperatorSpec]:
     """The operators of `model` (a catalog id, a cached HF id or a local path) at `level` (1-4)."""
     return discover(model, level, tiny=tiny, workload=workload)
+
+
+class OpStatus(str, Enum):
+    PENDING = "pending"
+    GENERATING = "generating"
+    INVALID = "invalid"
+    VALID = "valid"
+    CORRECT = "correct"
+    FAILED = "failed"
+    PENDING_REVIEW = "pending review"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    BLAMED = "blamed"
+
+
+# Statuses whose kernel goes into the end-to-end benchmark (with review on, only APPROVED).
+ACCEPTED = (OpStatus.CORRECT, OpStatus.APPROVED, OpStatus.PENDING_REVIEW)
+
+
+@dataclass
+class AgentConfig:
+    model: str
+    level: int
+    tiny: bool = False
+    llm_model: str = "claude-opus-4-6"
+    llm_base_url: str | None = None
+    cuda_only: bool = False
+    max_retries: int = 5
+    skip_unit_tests: bool = False
+    concurrency: int = 4
+    ops: list[str] | None = None
+    resume: bool = False
+    out_dir: Path = Path("tasks/candidate")
+    auto_approve: bool = True
+    tp: int = 1
+    e2e: bool = True
+    blame_rounds: int = 2
+    prompt_len: int | None = None
+    new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        self.level = check_level(self.level)
+        self.out_dir = Path(self.out_dir)
+        if self.max_retries < 0:
+            raise UsageError("--max-retries must be 0 or more")
+        if self.concurrency < 1:
+            raise UsageError("--concurrency must be at least 1")
+        if self.tp < 1:
+            raise UsageError("--tp must be at least 1")
+
+
+@dataclass
+class OpState:
+    spec: OperatorSpec
+    status: OpStatus = OpStatus.PENDING
+    attempt: int = 0
+    code: str | None = None
+    previous_code: str | None = None
+    last_error: str | None = None
+    unit: dict | None = None
+    best_speedup: float | None = None
+    steering: str | None = None
+    path: Path | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def sidecar(self) -> dict:
+        return {
+            "op": self.spec.name,
+            "level": self.spec.level,
+            "model": self.spec.model_id,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "last_error": self.last_error,
+            "best_speedup": self.best_speedup,
+            "unit": self.unit,
+            "saved_at": time.time(),
+        }
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, sink: ev.EventSink = ev.null_sink, backend=None) -> None:
+        self.config = config
+        self.sink = sink
+        if backend is None:
+            from fastkernels.agent.llm import get_backend
+
+            backend = get_backend(config.llm_model, config.llm_base_url)
+        self.backend = backend
+        self.states: dict[str, OpState] = {}
+        self._steering_all: str | None = None
+        self._lock = threading.RLock()
+        self._cancelled = threading.Event()
+        self.e2e_report: dict | None = None
+
+    # ---- small helpers --------------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        try:
+            self.sink(event)
+        except Exception:  # a broken listener must not take the engine down
+            pass
+
+    def _track(self):
+        from fastkernels.bench.tracking import tracker
+
+        return tracker
+
+    def kernel_path(self, op: str) -> Path:
+        return self.config.out_dir / f"L{self.config.level}" / f"{op}.py"
+
+    def _save(self, state: OpState) -> None:
+        if state.code is None:
+            return
+        path = self.kernel_path(state.spec.name)
+        with self._lock:
+            _atomic_write(path, state.code)
+            _atomic_write(path.with_suffix(".json"), json.dumps(state.sidecar(), indent=2, default=str))
+            state.path = path
+        self.emit(ev.KernelSaved(op=state.spec.name, path=str(path), status=state.status.value))
+
+    def _set(self, state: OpState, status: OpStatus) -> None:
+        state.status = status
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    # ---- discovery and resume -------------------------------------------------------------
+
+    def discover(self) -> list[OperatorSpec]:
+        cfg = self.config
+        specs = discover_operators(cfg.model, cfg.level, tiny=cfg.tiny)
+        if cfg.ops:
+            names = {s.name for s in specs}
+            unknown = [o for o in cfg.ops if o not in names]
+            if unknown:
+                raise UsageError(f"unknown operator(s) {', '.join(unknown)} for {cfg.model} at level {cfg.level}; "
+                                 f"known: {', '.join(sorted(names))}")
+            specs = [s for s in specs if s.name in cfg.ops]
+        with self._lock:
+            self.states = {s.name: OpState(spec=s) for s in specs}
+        if cfg.resume:
+            for state in self.states.values():
+                self._load_saved(state)
+        self.emit(ev.Discovered(model_id=cfg.model, level=cfg.level, ops=[s.name for s in specs]))
+        return specs
+
+    def _load_saved(self, state: OpState) -> None:
+        path = self.kernel_path(state.spec.name)
+        side = path.with_suffix(".json")
+        if not (path.is_file() and side.is_file()):
+            return
+        try:
+            meta = json.loads(side.read_text())
+            status = OpStatus(meta["status"])
+        except (ValueError, KeyError):
+            return  # a half-written or foreign sidecar: regenerate this op
+        state.code = path.read_text()
+        state.status = status
+        state.attempt = int(meta.get("attempt", 0))
+        state.unit = meta.get("unit")
+        state.best_speedup = meta.get("best_speedup")
+        state.last_error = meta.get("last_error")
+        state.path = path
+
+    def _done(self, state: OpState) -> bool:
+        return state.status in (*ACCEPTED, OpStatus.REJECTED) or (
+            state.status == OpStatus.VALID and self.config.skip_unit_tests
+        )
+
+    # ---- steering and review --------------------------------------------------------------
+
+    def set_steering(self, op: str | None, note: str) -> None:
+        with self._lock:
+            if op is None:
+                self._steering_all = note or None
+            else:
+                self.states[op].steering = note or None
+
+    def _steering_for(self, state: OpState) -> str | None:
+        notes = [n for n in (self._steering_all, state.steering) if n]
+        return "\n".join(notes) or None
+
+    def approve(self, op: str) -> None:
+        state = self.states[op]
+        if state.code is None:
+            raise UsageError(f"{op} has no kernel to approve")
+        self._set(state, OpStatus.APPROVED)
+        self._save(state)
+
+    def reject(self, op: str) -> None:
+        state = self.states[op]
+        self._set(state, OpStatus.REJECTED)
+        self._save(state)
+
+    # ---- one operator ---------------------------------------------------------------------
+
+    def _accept_status(self) -> OpStatus:
+        return OpStatus.APPROVED if self.config.auto_approve else OpStatus.PENDING_REVIEW
+
+    def _check(self, state: OpState, code: str) -> tuple[bool, str | None, str]:
+        """Validate, then unit-test unless skipped. Returns (passed, error, stage)."""
+        from fastkernels.agent.validate import validate_kernel
+
+        spec = state.spec
+        result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
+        if not result.ok:
+            return False, result.error, result.stage
+        self._set(state, OpStatus.VALID)
+        state.code = code
+        self._save(state)
+        if self.config.skip_unit_tests:
+            return True, None, "validate"
+        from fastkernels.bench.unit import run_unit
+
+        report = run_unit(spec, code, cuda_only=self.config.cuda_only)
+        data = report.to_dict()
+        state.unit = data
+        state.best_speedup = _best_speedup(data)
+        self.emit(ev.UnitResult(op=spec.name, attempt=state.attempt, passed=report.passed, result=data))
+        if not report.passed:
+            return False, report.failure_message(), "unit"
+        return True, None, "unit"
+
+    def generate_op(self, op: str, steering: str | None = None, failure: str | None = None) -> OpState:
+        """Generate, validate and unit-test one operator, retrying with the error fed back.
+        `failure` starts from the current kernel with that error (a kernel blamed end to end)."""
+        from fastkernels.agent.prompts import CodeExtractionError, build_generation_prompt, build_retry_prompt, extract_code
+
+        state = self.states[op]
+        spec = state.spec
+        if steering:
+            self.set_steering(op, steering)
+        code, error = (state.code, failure) if failure else (None, None)
+        tracker = self._track()
+        for _ in range(self.config.max_retries + 1):
+            if self.cancelled:
+                break
+            state.attempt += 1
+            note = self._steering_for(state)
+            if code is not None and error is not None:
+                prompt = build_retry_prompt(spec, code, error, cuda_only=self.config.cuda_only, steering=note,
+                                            attempt=state.attempt)
+                self.emit(ev.RetryScheduled(op=op, attempt=state.attempt, reason=error.splitlines()[0][:200]))
+            else:
+                prompt = build_generation_prompt(spec, self.config.cuda_only, steering=note)
+            self._set(state, OpStatus.GENERATING)
+            self.emit(ev.GenerationStarted(op=op, attempt=state.attempt, backend=self.backend.label))
+            t0 = time.time()
+            attempt = state.attempt
+            try:
+                completion = self.backend.generate(
+                    prompt, lambda text: self.emit(ev.TextDelta(op=op, attempt=attempt, text=text)),
+                    op=spec, attempt=attempt,
+                )
+            except Exception as exc:  # LLMError and friends: the attempt fails, the run goes on
+                msg = f"{type(exc).__name__}: {exc}"
+                self.emit(ev.GenerationFinished(op=op, attempt=attempt, code=None, seconds=time.time() - t0, error=msg))
+                state.last_error = msg
+                self._set(state, OpStatus.FAILED)
+                if getattr(exc, "fatal", False):
+                    break
+                continue
+            try:
+                new_code = extract_code(completion.text)
+            except CodeExtractionError as exc:
+                new_code, error = None, str(exc)
+            self.emit(ev.GenerationFinished(
+                op=op, attempt=attempt, code=new_code, input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens, seconds=time.time() - t0,
+            ))
+            tracker.log_text(prompt_text(prompt), f"{op}/attempt_{attempt}/prompt.md")
+            tracker.log_text(completion.text, f"{op}/attempt_{attempt}/reply.md")
+            if new_code is None:
+                self.emit(ev.ValidationFailed(op=op, attempt=attempt, error=error, stage="extract"))
+                state.last_error = error
+                self._set(state, OpStatus.INVALID)
+                continue
+            if state.code is not None:
+                state.previous_code = state.code
+            passed, err, stage = self._check(state, new_code)
+            code = new_code
+            tracker.log_kernel(op, level=spec.level, code=new_code, attempt=attempt, backend=self.backend.label,
+                               status="passed" if passed else f"failed:{stage}")
+            if passed:
+                state.code = new_code
+                state.last_error = None
+                self._set(state, self._accept_status())
+                self._save(state)
+                if state.best_speedup is not None:
+                    tracker.log_metrics({f"{op}.speedup": state.best_speedup, f"{op}.attempts": attempt})
+                return state
+            error = err
+            state.last_error = err
+            self.emit(ev.ValidationFailed(op=op, attempt=attempt, error=err, stage=stage))
+            self._set(state, OpStatus.INVALID if stage != "unit" else OpStatus.FAILED)
+            state.code = new_code
+            self._save(state)
+        if state.status not in (*ACCEPTED, OpStatus.REJECTED):
+            self._set(state, OpStatus.FAILED if state.code else OpStatus.INVALID)
+            self._save(state)
+        return state
+
+    def submit_edit(self, op: str, code: str) -> OpState:
+        """A person's edit: on disk at once, then validated and unit-tested like any attempt."""
+        state = self.states[op]
+        state.previous_code, state.code = state.code, code
+        self._set(state, OpStatus.VALID)
+        self._save(state)
+        passed, err, stage = self._check(state, code)
+        state.last_error = err
+        if passed:
+            self._set(state, self._accept_status())
+        else:
+            self._set(state, OpStatus.INVALID if stage != "unit" else OpStatus.FAILED)
+            self.emit(ev.ValidationFailed(op=op, attempt=state.attempt, error=err, stage=stage))
+        self._save(state)
+        return state
+
+    # ---- the whole pipeline ---------------------------------------------------------------
+
+    def _e2e_candidates(self) -> dict[str, str]:
+        wanted = (OpStatus.APPROVED,) if not self.config.auto_approve else ACCEPTED
+        return {op: s.code for op, s in self.states.items() if s.status in wanted and s.code}
+
+    def run_e2e(self) -> dict | None:
+        candidates = self._e2e_candidates()
+        if not candidates:
+            self.emit(ev.Message(text="no accepted kernel to benchmark end to end", level="warning"))
+            return None
+        from fastkernels.bench.e2e import run_benchmark
+
+        kwargs = {}
+        if self.config.prompt_len:
+            kwargs["prompt_len"] = self.config.prompt_len
+        if self.config.new_tokens:
+            kwargs["new_tokens"] = self.config.new_tokens
+        if self.config.tp > 1:
+            kwargs["tp"] = self.config.tp
+        report = run_benchmark(self.config.model, self.config.level, candidates=candidates,
+                               tiny=self.config.tiny, sink=self.sink, **kwargs)
+        data = report.to_dict()
+        self.e2e_report = data
+        self._track().log_e2e(data)
+        return data
+
+    def _generate_all(self, ops: list[str]) -> None:
+        with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="fk-gen") as pool:
+            futures = [pool.submit(self.generate_op, op) for op in ops]
+            for f in futures:
+                f.result()
+
+    def run(self) -> dict:
+        cfg = self.config
+        tracker = self._track()
+        params = {
+            "model": cfg.model, "level": cfg.level, "tiny": cfg.tiny, "backend": self.backend.label,
+            "cuda_only": cfg.cuda_only, "max_retries": cfg.max_retries, "skip_unit_tests": cfg.skip_unit_tests,
+            "concurrency": cfg.concurrency, "tp": cfg.tp, **_versions(),
+        }
+        interrupted = False
+        with tracker.start_run(f"agent {cfg.model} L{cfg.level}", params=params):
+            try:
+                if not self.states:
+                    self.discover()
+                self.emit(ev.RunStarted(model_id=cfg.model, level=cfg.level, backend=self.backend.label,
+                                        tiny=cfg.tiny, device=_device_name()))
+                todo = [op for op, s in self.states.items() if not self._done(s)]
+                skipped = len(self.states) - len(todo)
+                if skipped:
+                    self.emit(ev.Message(text=f"resumed: {skipped} operator(s) already done"))
+                self._generate_all(todo)
+                if cfg.e2e and not self.cancelled:
+                    for round_ in range(cfg.blame_rounds + 1):
+                        report = self.run_e2e()
+                        blamed = (report or {}).get("blamed") or {}
+                        if not blamed or round_ == cfg.blame_rounds or self.cancelled:
+                            break
+                        for op, reason in blamed.items():
+                            if op in self.states:
+                                self._set(self.states[op], OpStatus.BLAMED)
+                                self.states[op].last_error = reason
+                                self._save(self.states[op])
+                        with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
+                            list(pool.map(lambda o: self.generate_op(o, failure=blamed[o]),
+                                          [o for o in blamed if o in self.states]))
+            except KeyboardInterrupt:
+                interrupted = True
+                self.cancel()
+            summary = self.summary()
+            tracker.log_metrics({"kernels_passing": summary["passing"], "kernels_total": summary["total"]})
+            tracker.set_status("interrupted" if interrupted else "finished")
+        self.emit(ev.RunFinished(summary=summary, interrupted=interrupted))
+        return summary
+
+    def summary(self) -> dict:
+        rows = []
+        for op, s in self.states.items():
+            rows.append({
+                "op": op, "status": s.status.value, "attempts": s.attempt,
+                "correct": s.status in ACCEPTED, "speedup": s.best_speedup,
+                "roofline": _best_roofline(s.unit) if s.unit else None,
+                "path": str(s.path) if s.path else None, "error": s.last_error,
+            })
+        return {
+            "model": self.config.model, "level": self.config.level, "tiny": self.config.tiny,
+            "backend": self.backend.label, "ops": rows,
+            "passing": sum(r["correct"] for r in rows), "total": len(rows), "e2e": self.e2e_report,
+        }
+
+
+def __getattr__(name: str):
+    """The seed's names that live in other modules, imported on first use (keeps import light)."""
+    if name == "validate_kernel":
+        from fastkernels.agent.validate import validate_kernel
+
+        return validate_kernel
+    if name in ("build_generation_prompt", "build_retry_prompt"):
+        from fastkernels.agent import prompts
+
+        return getattr(prompts, name)
+    raise AttributeError(name)
+
+
+def prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return f"# system\n\n{getattr(prompt, 'system', '')}\n\n# user\n\n{getattr(prompt, 'user', '')}"
+
+
+def _best_speedup(unit: dict | None) -> float | None:
+    if not unit:
+        return None
+    vals = [s.get("speedup_vs_eager") for s in unit.get("shapes", []) if s.get("speedup_vs_eager")]
+    return max(vals) if vals else None
+
+
+def _best_roofline(unit: dict | None) -> float | None:
+    if not unit:
+        return None
+    vals = [s.get("roofline_fraction") for s in unit.get("shapes", []) if s.get("roofline_fraction")]
+    return max(vals) if vals else None
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__, "device": _device_name()}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:
+        out["triton"] = "absent"
+    return out

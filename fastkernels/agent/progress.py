@@ -1,0 +1,101 @@
+"""The CLI's view of an agent run: a live table per operator (stage, attempt, tokens streamed)
+fed by engine events, then a summary table and the end-to-end line."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fastkernels import events as ev
+
+
+class LiveProgress:
+    """An EventSink that renders a live per-operator table. Thread-safe; cheap per event."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        self._lock = threading.Lock()
+        self.rows: dict[str, dict] = {}
+        self.e2e = ""
+        self.messages: list[str] = []
+        self._live: Live | None = None
+
+    def __enter__(self):
+        self._live = Live(self._render(), console=self.console, refresh_per_second=4,
+                          get_renderable=self._render, transient=False)
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live:
+            self._live.__exit__(*exc)
+
+    def _row(self, op: str) -> dict:
+        return self.rows.setdefault(op, {"stage": "pending", "attempt": 0, "chars": 0, "t0": time.time(), "note": ""})
+
+    def __call__(self, event: ev.Event) -> None:
+        with self._lock:
+            if isinstance(event, ev.Discovered):
+                for op in event.ops:
+                    self._row(op)
+            elif isinstance(event, ev.GenerationStarted):
+                r = self._row(event.op)
+                r.update(stage="generating", attempt=event.attempt, chars=0, t0=time.time(), note="")
+            elif isinstance(event, ev.TextDelta):
+                self._row(event.op)["chars"] += len(event.text)
+            elif isinstance(event, ev.GenerationFinished):
+                r = self._row(event.op)
+                r["stage"] = "validating" if event.code else "no code"
+                if event.error:
+                    r["note"] = event.error.splitlines()[0][:80]
+            elif isinstance(event, ev.ValidationFailed):
+                r = self._row(event.op)
+                r.update(stage=f"failed {event.stage}", note=event.error.splitlines()[0][:80] if event.error else "")
+            elif isinstance(event, ev.UnitResult):
+                r = self._row(event.op)
+                r["stage"] = "correct" if event.passed else "wrong"
+            elif isinstance(event, ev.KernelSaved):
+                self._row(event.op)["stage"] = event.status
+            elif isinstance(event, ev.KernelBlamed):
+                self._row(event.op).update(stage="blamed", note=event.reason[:80])
+            elif isinstance(event, ev.E2EProgress):
+                self.e2e = f"end to end: {event.stage} {event.done}/{event.total} {event.detail}"
+            elif isinstance(event, ev.Message):
+                self.messages.append(event.text)
+
+    def _render(self) -> Table:
+        with self._lock:
+            table = Table(title=self.title, caption=self.e2e or None)
+            for col in ("operator", "stage", "attempt", "streamed", "note"):
+                table.add_column(col)
+            for op, r in self.rows.items():
+                table.add_row(op, r["stage"], str(r["attempt"] or ""), f"{r['chars'] // 4} tok" if r["chars"] else "",
+                              r["note"])
+            return table
+
+
+def summary_table(summary: dict) -> Table:
+    t = Table(title=f"{summary['model']} · level {summary['level']} · backend {summary['backend']}")
+    for col in ("operator", "status", "attempts", "correct", "speedup", "% of roofline", "file"):
+        t.add_column(col)
+    for r in summary["ops"]:
+        t.add_row(
+            r["op"], r["status"], str(r["attempts"]), "yes" if r["correct"] else "no",
+            f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
+            f"{100 * r['roofline']:.0f}%" if r.get("roofline") else "-",
+            r["path"] or "-",
+        )
+    return t
+
+
+def e2e_line(report: dict | None) -> str:
+    if not report:
+        return "end to end: not run"
+    return report.get("summary_line") or (
+        f"end to end: {'PASS' if report.get('passed') else 'FAIL'} · token match {report.get('token_match')}"
+    )
