@@ -1,0 +1,185 @@
+"""The self-attention block of a decoder layer (HF <Family>Attention), over a KV cache:
+
+    q, k, v = q_proj(x), k_proj(x), v_proj(x)           split into heads of size D
+    q, k    = q_norm(q), k_norm(k)                      Qwen3 only: RMSNorm over each head's D
+    q, k    = rope(q, cos, sin), rope(k, cos, sin)      HF apply_rotary_pos_emb
+    K, V    = cat(past_key, k), cat(past_value, v)      the cache holds P tokens, these are S more
+    out     = o_proj(softmax(q K^T / sqrt(D) + causal mask) V)
+
+hidden_states is [B, S, H]; cos, sin [B, S, D] are the rotary angles of positions P..P+S-1 (already
+in the activations' dtype); past_key, past_value [B, Hkv, P, D] are the cached keys (after rope)
+and values (P may be 0). Grouped-query attention: each of the Hkv key/value heads serves Hq / Hkv
+query heads. The causal mask is aligned bottom-right: new token i sees keys 0..P+i. The softmax
+runs in fp32 and its probabilities are cast back to the activations' dtype before the multiply
+with V. Returns (out [B, S, H], key [B, Hkv, S, D], value [B, Hkv, S, D]) where key/value are this
+step's new entries for the cache (key after rope)."""
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Qwen3's per-head q/k norm: reduced in fp32, cast back before the weight multiply."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(input_dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        eps: float,
+        qkv_bias: bool,
+        qk_norm: bool,
+        o_bias: bool = False,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scaling = head_dim**-0.5
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm = RMSNorm(head_dim, eps)
+            self.k_norm = RMSNorm(head_dim, eps)
+
+    def repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, Hkv, L, D] -> [B, Hq, L, D]: each key/value head repeated for its query heads."""
+        b, hkv, length, d = x.shape
+        n_rep = self.num_heads // hkv
+        if n_rep == 1:
+            return x
+        return x[:, :, None, :, :].expand(b, hkv, n_rep, length, d).reshape(b, hkv * n_rep, length, d)
+
+    def forward(self, hidden_states, cos, sin, past_key, past_value):
+        b, s, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(b, s, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(b, s, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, S, D]
+
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # the same angles for every head
+        q = (q * cos) + (rotate_half(q) * sin)
+        k = (k * cos) + (rotate_half(k) * sin)
+
+        keys = torch.cat([past_key, k], dim=2)  # [B, Hkv, P+S, D]
+        values = torch.cat([past_value, v], dim=2)
+        past = keys.shape[2] - s
+
+        scores = torch.matmul(q, self.repeat_kv(keys).transpose(2, 3)) * self.scaling  # [B, Hq, S, P+S]
+        query_pos = torch.arange(past, past + s, device=q.device)[:, None]
+        key_pos = torch.arange(past + s, device=q.device)[None, :]
+        mask = torch.where(key_pos <= query_pos, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
+        probs = nn.functional.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
+        attn = torch.matmul(probs, self.repeat_kv(values))  # [B, Hq, S, D]
+        attn = attn.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+        return self.o_proj(attn), k, v
+
+
+# ---- task metadata (read by the harness) ----------------------------------------------------
+
+CLASS_NAME = "AttentionBlock"
+FAMILIES = {
+    "llama": "LlamaAttention",
+    "mistral": "MistralAttention",
+    "mixtral": "MixtralAttention",
+    "qwen2": "Qwen2Attention",
+    "qwen3": "Qwen3Attention",
+    "qwen3_moe": "Qwen3MoeAttention",
+}
+# Prefill is matmuls over S tokens (compute-bound); decode reads every weight and the whole KV
+# cache for one token per sequence (memory-bound). Each shape names its ceiling.
+BOUND = "compute"
+
+
+def _head_dim(config):
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def init_args(config):
+    bias = bool(getattr(config, "attention_bias", False))
+    qwen2 = config.model_type == "qwen2"  # Qwen2: biases on q/k/v only, never on o
+    return {
+        "hidden_size": config.hidden_size,
+        "num_heads": config.num_attention_heads,
+        "num_kv_heads": config.num_key_value_heads,
+        "head_dim": _head_dim(config),
+        "eps": config.rms_norm_eps,
+        "qkv_bias": True if qwen2 else bias,
+        "qk_norm": config.model_type in ("qwen3", "qwen3_moe"),
+        "o_bias": False if qwen2 else bias,
+    }
+
+
+def shapes(config, workload):
+    return {
+        "prefill": {"batch": workload.batch, "seq": workload.prefill_len, "past": 0, "bound": "compute"},
+        "decode": {"batch": workload.batch, "seq": 1, "past": workload.decode_context, "bound": "memory"},
+    }
+
+
+def rotary_cos_sin(config, batch, seq, past, dtype, device):
+    """cos, sin [batch, seq, D] of positions past..past+seq-1, from the family's HF rotary module
+    (so Llama 3's rope scaling is the real one)."""
+    import importlib
+
+    family = config.model_type
+    hf = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    prefix = FAMILIES[family][: -len("Attention")]  # "LlamaAttention" -> "Llama"
+    rope = getattr(hf, f"{prefix}RotaryEmbedding")(config=config).to(device)
+    positions = torch.arange(past, past + seq, device=device).expand(batch, seq)
+    return rope(torch.empty(0, dtype=dtype, device=device), positions)
+
+
+def make_inputs(config, shape, dtype, device, generator):
+    b, s, p, d = shape["batch"], shape["seq"], shape["past"], _head_dim(config)
+    hkv = config.num_key_value_heads
+
+    def draw(*size):
+        return torch.randn(*size, dtype=torch.float32, device=device, generator=generator).to(dtype)
+
+    cos, sin = rotary_cos_sin(config, b, s, p, dtype, device)
+    return draw(b, s, config.hidden_size), cos, sin, draw(b, hkv, p, d), draw(b, hkv, p, d)
+
+
+def cost(config, shape, dtype):
+    b, s, p, d = shape["batch"], shape["seq"], shape["past"], _head_dim(config)
+    h, hq, hkv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    size = torch.empty((), dtype=dtype).element_size()
+    tokens = b * s
+    weights = h * (hq + 2 * hkv) * d + hq * d * h
+    pairs = b * hq * (s * p + s * (s + 1) // 2)  # causal (query, key) pairs a good kernel computes
+    flops = 2 * tokens * weights + 4 * pairs * d
+    moved = (
+        weights
+        + 2 * tokens * h  # read hidden_states, write out
+        + 2 * tokens * d  # cos, sin
+        + 2 * b * hkv * p * d  # read the cache
+        + 2 * tokens * hkv * d  # write the new key/value
+    ) * size
+    return {"bytes": moved, "flops": flops}
