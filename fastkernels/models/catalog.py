@@ -108,9 +108,16 @@ def resolve(model_id: str, tiny: bool = False) -> ModelEntry:
             f"model {model_id!r} is a {family!r} model; supported families: {', '.join(SUPPORTED_FAMILIES)}"
         )
     if tiny:
+        heads = cfg["num_attention_heads"]
+        group = heads // (cfg.get("num_key_value_heads") or heads)
         cfg = {**cfg, **{k: v for k, v in TINY_OVERRIDES.items() if k in cfg or k in ("head_dim",)}}
+        # Keep the grouped-query ratio (Llama-3.1-8B 32:8, Qwen2.5-7B 28:4, Qwen3-30B-A3B 32:4): a
+        # kernel that maps query heads to the wrong KV head only shows with the real grouping.
+        cfg["num_key_value_heads"] = TINY_OVERRIDES["num_key_value_heads"]
+        cfg["num_attention_heads"] = cfg["num_key_value_heads"] * group
         if family == "qwen2":  # Qwen2 derives head_dim from hidden_size / heads
             cfg.pop("head_dim", None)
+            cfg["hidden_size"] = cfg["num_attention_heads"] * TINY_OVERRIDES["head_dim"]
         cfg["bos_token_id"], cfg["eos_token_id"] = 1, 2  # inside the tiny vocabulary
         if cfg.get("rope_scaling"):
             cfg["rope_scaling"] = {**cfg["rope_scaling"], "original_max_position_embeddings": 256}
