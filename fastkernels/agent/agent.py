@@ -504,3 +504,4 @@ def _versions() -> dict:
     except ImportError:
         out["triton"] = "absent"
     return out
+from fastkernels.agent.validate import ValidationResult, validate_kernel  # noqa: F401  (seed API)

@@ -1,0 +1,280 @@
+"""Run one job of untrusted code in a child process, so that whatever it does costs that job only.
+
+`run_job("package.module:function", payload, timeout=..., label=...)` starts a fresh interpreter
+(the same Python, never a fork: a forked child would share the parent's CUDA context and threads),
+in its own session (so a timeout kills the whole process group, grandchildren included), in its own
+temporary working directory, with API keys and tokens removed from its environment. The child calls
+`function(payload)` and writes its JSON result to a file; the parent classifies what happened:
+
+    ok          the function returned; `value` is its result
+    exception   it raised; `error` names the exception (the traceback is in `stderr_tail`)
+    timeout     it ran past `timeout` seconds; its process group was killed
+    crash       it died without reporting (segfault, abort, os._exit, killed by a signal)
+    oom         out of memory (torch/CUDA OOM, MemoryError, or killed by the kernel's OOM killer)
+    cuda_error  a CUDA error (illegal memory access, device-side assert...) poisoned the context
+
+Every failure carries one line that says which job (`label`) failed and how.
+
+This module imports only the standard library: the child starts by importing it, and the cost of
+a job's start is one interpreter start plus whatever its function imports (torch is the big one).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+KINDS = ("ok", "exception", "timeout", "crash", "oom", "cuda_error")
+# Environment variables the child never sees: credentials of any service the parent talks to.
+SCRUBBED = ("*_API_KEY", "*API_KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*CREDENTIAL*")
+KEPT = ("TOKENIZERS_PARALLELISM",)  # matches *TOKEN* but is a setting, not a secret
+STDERR_TAIL = 4000
+_RESULT = "result.json"
+_PAYLOAD = "payload.json"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+_CUDA_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "cudaError",
+                 "CUBLAS_STATUS", "CUDNN_STATUS", "unspecified launch failure", "misaligned address")
+_OOM_MARKERS = ("out of memory", "OutOfMemoryError", "MemoryError", "Cannot allocate memory")
+
+
+@dataclass
+class JobResult:
+    ok: bool
+    kind: str
+    value: object = None
+    error: str = ""
+    stderr_tail: str = ""
+    seconds: float = 0.0
+    label: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobResult":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def cuda_present() -> bool:
+    """Whether this machine has a usable NVIDIA GPU, decided without importing torch (cheap; the
+    child uses it to choose the Triton interpreter before triton is imported)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    if "torch" in sys.modules:
+        try:
+            return bool(sys.modules["torch"].cuda.is_available())
+        except Exception:
+            return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def scrub_env(env: dict) -> dict:
+    """`env` without credentials: any name matching SCRUBBED (case-insensitive) except KEPT."""
+    out = {}
+    for name, value in env.items():
+        upper = name.upper()
+        if upper not in KEPT and any(fnmatch.fnmatchcase(upper, pat) for pat in SCRUBBED):
+            continue
+        out[name] = value
+    return out
+
+
+def child_env(env: dict | None = None) -> dict:
+    base = scrub_env(dict(os.environ if env is None else env))
+    path = base.get("PYTHONPATH", "")
+    base["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
+    base.setdefault("PYTHONUNBUFFERED", "1")
+    base.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return base
+
+
+def _tail(path: Path, limit: int = STDERR_TAIL) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _signal_name(num: int) -> str:
+    try:
+        name = signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+    meaning = {"SIGSEGV": "segmentation fault", "SIGABRT": "abort", "SIGBUS": "bus error",
+               "SIGFPE": "floating-point exception", "SIGILL": "illegal instruction",
+               "SIGKILL": "killed"}.get(name)
+    return f"{name} ({meaning})" if meaning else name
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _classify_text(text: str) -> str | None:
+    if any(m in text for m in _CUDA_MARKERS):
+        return "cuda_error"
+    if any(m in text for m in _OOM_MARKERS):
+        return "oom"
+    return None
+
+
+def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str | None = None,
+            env: dict | None = None, interpret: bool | None = None,
+            memory_limit_mb: int | None = None) -> JobResult:
+    """Run `target` ("package.module:function") on `payload` in a spawned child; never raises for
+    anything the child does.
+
+    cwd: the child's working directory (default: a fresh temporary one, removed afterwards).
+    env: the environment to start from (default os.environ); credentials are removed either way.
+    interpret: force (True) or forbid (False) the Triton interpreter; default: on when this machine
+        has no CUDA GPU.
+    memory_limit_mb: an address-space limit for the child (CPU jobs only: CUDA reserves far more
+        virtual memory than it uses, so leave it None on a GPU).
+    """
+    if ":" not in target:
+        raise ValueError(f"target must be 'package.module:function', got {target!r}")
+    start = time.monotonic()
+    own_dir = cwd is None
+    workdir = Path(tempfile.mkdtemp(prefix="fk-job-")) if own_dir else Path(cwd)
+    workdir.mkdir(parents=True, exist_ok=True)
+    io_dir = Path(tempfile.mkdtemp(prefix="fk-io-"))  # the child's reports, out of its reach by name
+    try:
+        (io_dir / _PAYLOAD).write_text(json.dumps(payload))
+        environ = child_env(env)
+        if interpret is None:
+            interpret = not cuda_present()
+        if interpret:
+            environ["TRITON_INTERPRET"] = "1"
+        else:
+            environ.pop("TRITON_INTERPRET", None)
+        if memory_limit_mb:
+            environ["FASTKERNELS_JOB_MEMORY_MB"] = str(int(memory_limit_mb))
+        cmd = [sys.executable, "-c", "from fastkernels.bench.sandbox import _child_main; _child_main()",
+               target, str(io_dir)]
+        stderr_path = io_dir / "stderr.txt"
+        with open(stderr_path, "wb") as err, open(io_dir / "stdout.txt", "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=str(workdir), env=environ, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                # Grandchildren (compilers, worker pools) die with the job, whatever it returned.
+                _kill_group(proc)
+        seconds = time.monotonic() - start
+        stderr_tail = _tail(stderr_path)
+        if timed_out:
+            return JobResult(False, "timeout", error=f"{label}: timed out after {timeout:g} s (killed; "
+                             "an endless loop, a deadlock or a kernel that never finishes)",
+                             stderr_tail=stderr_tail, seconds=seconds, label=label)
+        result_path = io_dir / _RESULT
+        report = None
+        if result_path.is_file():
+            try:
+                report = json.loads(result_path.read_text())
+            except (OSError, ValueError):
+                report = None
+        if report is not None:  # what it said counts, even if it crashed on the way out
+            if report.get("ok"):
+                return JobResult(True, "ok", value=report.get("value"), stderr_tail=stderr_tail,
+                                 seconds=seconds, label=label)
+            exc_line = report.get("error", "unknown error")
+            kind = report.get("kind") or _classify_text(exc_line) or "exception"
+            what = {"oom": "ran out of memory", "cuda_error": "hit a CUDA error"}.get(kind, "raised")
+            return JobResult(False, kind, error=f"{label}: {what}: {exc_line}",
+                             stderr_tail=stderr_tail, seconds=seconds, label=label)
+        rc = proc.returncode
+        last = _last_line(stderr_tail)
+        hint = f"; last stderr line: {last}" if last else ""
+        kind = _classify_text(stderr_tail) or "crash"
+        if rc is not None and rc < 0:
+            how = f"was killed by {_signal_name(-rc)}"
+            if -rc == signal.SIGKILL and kind == "crash":
+                kind = "oom"
+                how += " (not by us: most likely the system's out-of-memory killer)"
+        else:
+            how = f"exited with status {rc} without reporting a result (os._exit or sys.exit in the code?)"
+        if kind == "cuda_error":
+            how += " after a CUDA error"
+        return JobResult(False, kind, error=f"{label}: {how}{hint}", stderr_tail=stderr_tail,
+                         seconds=seconds, label=label)
+    finally:
+        shutil.rmtree(io_dir, ignore_errors=True)
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---- the child side ------------------------------------------------------------------------
+
+def _child_main() -> None:
+    target, io_dir = sys.argv[1], Path(sys.argv[2])
+    limit = os.environ.pop("FASTKERNELS_JOB_MEMORY_MB", None)
+    if limit:
+        import resource
+
+        nbytes = int(limit) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+    # A crash inside native code still leaves the Python stack in stderr.
+    import faulthandler
+
+    faulthandler.enable()
+    payload = json.loads((io_dir / _PAYLOAD).read_text())
+    result_path = io_dir / _RESULT
+
+    def report(data: dict) -> None:
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, result_path)
+
+    try:
+        module_name, func_name = target.split(":", 1)
+        func = getattr(importlib.import_module(module_name), func_name)
+        value = func(payload)
+        try:
+            encoded = json.loads(json.dumps(value))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"job result is not JSON-serialisable: {exc}") from None
+        report({"ok": True, "value": encoded})
+    except BaseException as exc:  # noqa: BLE001 - everything the job does is reported, nothing escapes
+        traceback.print_exc()
+        text = f"{type(exc).__name__}: {exc}".strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        kind = "oom" if isinstance(exc, MemoryError) or "OutOfMemoryError" in type(exc).__name__ else None
+        report({"ok": False, "error": first[:500], "kind": kind or _classify_text(text)})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: the result is written, and a job that broke CUDA or left threads
+    # behind can hang or crash on the way out.
+    os._exit(0)
