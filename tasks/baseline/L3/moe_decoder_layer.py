@@ -1,0 +1,273 @@
+"""One decoder layer of a mixture-of-experts model (HF <Family>DecoderLayer), over a KV cache:
+
+    h   = x + self_attn(input_layernorm(x))                (pre-norm attention, residual)
+    out = h + moe(post_attention_layernorm(h))             (pre-norm sparse MoE, residual)
+
+self_attn: q, k, v projections, Qwen3-MoE's per-head RMSNorm on q and k, rotary embedding with the
+given cos/sin, grouped-query causal attention over the P cached tokens plus the S new ones (softmax
+in fp32), output projection. moe: the router (gate) scores the E experts per token, softmax in
+fp32, top-k, renormalised if norm_topk_prob (Mixtral: always); each token's output is the sum of
+its K experts' down(silu(gate(x)) * up(x)) scaled by their routing weights (kept fp32 for Mixtral,
+rounded to the activations' dtype first for Qwen3-MoE: round_routing_weights). The experts'
+weights are fused: experts.gate_up_proj [E, 2I, H] (gate rows first), experts.down_proj [E, H, I].
+RMSNorm: weight * (x / sqrt(mean(x**2) + eps)), reduced in fp32, cast back before the weight.
+
+hidden_states is [B, S, H]; cos, sin [B, S, D] are the rotary angles of positions P..P+S-1
+(in the activations' dtype); past_key, past_value [B, Hkv, P, D] are the layer's cached keys
+(after rope) and values (P may be 0). The causal mask is aligned bottom-right: new token i sees
+keys 0..P+i. Returns (hidden [B, S, H], key [B, Hkv, S, D], value [B, Hkv, S, D]) where key/value
+are this step's new cache entries (key after rope)."""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(input_dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden_size, num_heads, num_kv_heads, head_dim, eps, qkv_bias, qk_norm, o_bias):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scaling = head_dim**-0.5
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
+        self.qk_norm = qk_norm
+        if qk_norm:  # Qwen3: RMSNorm over each head's D, before rope
+            self.q_norm = RMSNorm(head_dim, eps)
+            self.k_norm = RMSNorm(head_dim, eps)
+
+    def repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, Hkv, L, D] -> [B, Hq, L, D]: each key/value head repeated for its query heads."""
+        b, hkv, length, d = x.shape
+        n_rep = self.num_heads // hkv
+        if n_rep == 1:
+            return x
+        return x[:, :, None, :, :].expand(b, hkv, n_rep, length, d).reshape(b, hkv * n_rep, length, d)
+
+    def forward(self, hidden_states, cos, sin, past_key, past_value):
+        b, s, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(b, s, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(b, s, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, S, D]
+
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = (q * cos) + (rotate_half(q) * sin)
+        k = (k * cos) + (rotate_half(k) * sin)
+
+        keys = torch.cat([past_key, k], dim=2)  # [B, Hkv, P+S, D]
+        values = torch.cat([past_value, v], dim=2)
+        past = keys.shape[2] - s
+
+        scores = torch.matmul(q, self.repeat_kv(keys).transpose(2, 3)) * self.scaling
+        query_pos = torch.arange(past, past + s, device=q.device)[:, None]
+        key_pos = torch.arange(past + s, device=q.device)[None, :]
+        mask = torch.where(key_pos <= query_pos, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
+        probs = F.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
+        attn = torch.matmul(probs, self.repeat_kv(values))  # [B, Hq, S, D]
+        attn = attn.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+        return self.o_proj(attn), k, v
+
+
+class Experts(nn.Module):
+    """The E experts' weights, fused into two 3-D tensors (transformers 5 layout)."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+
+
+class MoEBlock(nn.Module):
+    def __init__(self, hidden_size, intermediate_size, num_experts, top_k, norm_topk_prob, round_routing_weights):
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.norm_topk_prob = norm_topk_prob
+        self.round_routing_weights = round_routing_weights
+        self.gate = nn.Linear(hidden_size, num_experts, bias=False)  # the router
+        self.experts = Experts(num_experts, hidden_size, intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        x = x.reshape(b * s, h)
+        probs = F.softmax(self.gate(x).float(), dim=-1)  # [T, E]
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)  # [T, K]
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.round_routing_weights:
+            weights = weights.to(x.dtype)
+
+        out = torch.zeros_like(x)
+        for e in range(self.num_experts):
+            token, slot = torch.where(experts == e)  # the tokens that picked expert e
+            if token.numel() == 0:
+                continue
+            gate, up = F.linear(x[token], self.experts.gate_up_proj[e]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.experts.down_proj[e])
+            y = y * weights[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out.reshape(b, s, h)
+
+
+class MoEDecoderLayer(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        eps: float,
+        qkv_bias: bool,
+        qk_norm: bool,
+        num_experts: int,
+        top_k: int,
+        norm_topk_prob: bool,
+        round_routing_weights: bool = False,
+        o_bias: bool = False,
+    ):
+        super().__init__()
+        self.self_attn = SelfAttention(hidden_size, num_heads, num_kv_heads, head_dim, eps, qkv_bias, qk_norm, o_bias)
+        self.mlp = MoEBlock(hidden_size, intermediate_size, num_experts, top_k, norm_topk_prob, round_routing_weights)
+        self.input_layernorm = RMSNorm(hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(hidden_size, eps)
+
+    def forward(self, hidden_states, cos, sin, past_key, past_value):
+        residual = hidden_states
+        h, key, value = self.self_attn(self.input_layernorm(hidden_states), cos, sin, past_key, past_value)
+        h = residual + h
+        h = h + self.mlp(self.post_attention_layernorm(h))
+        return h, key, value
+
+
+# ---- task metadata (read by the harness) ----------------------------------------------------
+
+CLASS_NAME = "MoEDecoderLayer"
+FAMILIES = {
+    "mixtral": "MixtralDecoderLayer",
+    "qwen3_moe": "Qwen3MoeDecoderLayer",
+}
+# Prefill is matmuls over S tokens (compute-bound); decode reads the attention weights, the K
+# picked experts and the layer's KV cache for one token per sequence (memory-bound).
+BOUND = "compute"
+
+
+def _head_dim(config):
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def _moe_dims(config):
+    """(num_experts, top_k, expert intermediate size) of the config."""
+    if config.model_type == "mixtral":
+        return config.num_local_experts, config.num_experts_per_tok, config.intermediate_size
+    return config.num_experts, config.num_experts_per_tok, config.moe_intermediate_size
+
+
+def init_args(config):
+    if config.hidden_act != "silu":
+        raise ValueError(f"MoEDecoderLayer baseline implements silu, the config asks for {config.hidden_act!r}")
+    if 0 in (getattr(config, "mlp_only_layers", None) or []):
+        raise ValueError("layer 0 of this Qwen3-MoE config is dense: use the decoder_layer task")
+    num_experts, top_k, inter = _moe_dims(config)
+    mixtral = config.model_type == "mixtral"
+    bias = bool(getattr(config, "attention_bias", False))
+    return {
+        "hidden_size": config.hidden_size,
+        "intermediate_size": inter,
+        "num_heads": config.num_attention_heads,
+        "num_kv_heads": config.num_key_value_heads,
+        "head_dim": _head_dim(config),
+        "eps": config.rms_norm_eps,
+        "qkv_bias": bias,
+        "qk_norm": config.model_type == "qwen3_moe",
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "norm_topk_prob": True if mixtral else bool(config.norm_topk_prob),
+        "round_routing_weights": not mixtral,
+        "o_bias": bias,
+    }
+
+
+def shapes(config, workload):
+    return {
+        "prefill": {"batch": workload.batch, "seq": workload.prefill_len, "past": 0, "bound": "compute"},
+        "decode": {"batch": workload.batch, "seq": 1, "past": workload.decode_context, "bound": "memory"},
+    }
+
+
+def rotary_cos_sin(config, batch, seq, past, dtype, device):
+    """cos, sin [batch, seq, D] of positions past..past+seq-1, from the family's HF rotary module."""
+    import importlib
+
+    family = config.model_type
+    hf = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    prefix = FAMILIES[family][: -len("DecoderLayer")]  # "MixtralDecoderLayer" -> "Mixtral"
+    rope = getattr(hf, f"{prefix}RotaryEmbedding")(config=config).to(device)
+    positions = torch.arange(past, past + seq, device=device).expand(batch, seq)
+    return rope(torch.empty(0, dtype=dtype, device=device), positions)
+
+
+def make_inputs(config, shape, dtype, device, generator):
+    b, s, p, d = shape["batch"], shape["seq"], shape["past"], _head_dim(config)
+    hkv = config.num_key_value_heads
+
+    def draw(*size):
+        return torch.randn(*size, dtype=torch.float32, device=device, generator=generator).to(dtype)
+
+    cos, sin = rotary_cos_sin(config, b, s, p, dtype, device)
+    return draw(b, s, config.hidden_size), cos, sin, draw(b, hkv, p, d), draw(b, hkv, p, d)
+
+
+def cost(config, shape, dtype):
+    b, s, p, d = shape["batch"], shape["seq"], shape["past"], _head_dim(config)
+    h = config.hidden_size
+    hq, hkv = config.num_attention_heads, config.num_key_value_heads
+    num_experts, top_k, inter = _moe_dims(config)
+    size = torch.empty((), dtype=dtype).element_size()
+    tokens = b * s
+    attn_weights = h * (hq + 2 * hkv) * d + hq * d * h
+    pairs = b * hq * (s * p + s * (s + 1) // 2)  # causal (query, key) pairs a good kernel computes
+    flops = (
+        2 * tokens * attn_weights
+        + 4 * pairs * d
+        + 2 * tokens * h * num_experts  # router
+        + tokens * top_k * 6 * h * inter  # the K picked experts per token
+    )
+    touched = min(num_experts, tokens * top_k)  # experts whose weights must be read at least once
+    moved = (
+        attn_weights
+        + 2 * h
+        + h * num_experts
+        + touched * 3 * h * inter
+        + 2 * tokens * h  # read hidden_states, write hidden
+        + 2 * tokens * d  # cos, sin
+        + 2 * b * hkv * p * d  # read the cache
+        + 2 * tokens * hkv * d  # write the new key/value
+    ) * size
+    return {"bytes": moved, "flops": flops}
