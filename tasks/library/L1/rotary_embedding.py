@@ -1,0 +1,140 @@
+"""Rotary position embedding of q and k in ONE Triton launch: each program takes a block of
+BLOCK_S tokens of one sequence, loads their cos/sin once into registers, and walks a group of
+heads (query heads and key heads in the same grid), rotating each head's two halves in place in
+registers: out1 = x1*c1 - x2*s1, out2 = x2*c2 + x1*s2 (rotate_half without building it).
+
+Bytes: read and write q and k once, cos/sin once per head group from L2. At Llama-3.1-8B prefill
+(4096 tokens, 32 + 8 heads of 128, bf16) that is 82 MiB, ~28 us at ~3 TB/s; eager HF runs ~10
+kernels (two cats, negations, four multiplies, two adds) over the same tensors.
+
+Works on any strides with a unit-stride head dim, so HF's q_proj(x).view(B,S,H,D).transpose(1,2)
+views are read in place; outputs keep the input's layout (empty_like), as the eager ops do.
+Rounding as eager: q*cos, rotate_half(q)*sin and their sum are each rounded to the input dtype.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+
+@triton.jit
+def _rope_heads(
+    x_ptr, o_ptr, b, h0, n_heads,
+    x_sb, x_sh, x_ss, o_sb, o_sh, o_ss,
+    s_offs, d_offs, mask, half,
+    c1, c2, s1, s2,
+    HEADS: tl.constexpr,
+):
+    # Rotate heads h0 .. h0+HEADS-1 (those < n_heads) of one [BLOCK_S, HALF] token block, with
+    # cos/sin already in registers. The loop is unrolled, so all 2*HEADS loads are in flight at once.
+    x_base = x_ptr + b * x_sb + s_offs[:, None] * x_ss + d_offs[None, :]
+    o_base = o_ptr + b * o_sb + s_offs[:, None] * o_ss + d_offs[None, :]
+    for i in tl.static_range(HEADS):
+        h = h0 + i
+        m = mask & (h < n_heads)
+        hx = h.to(tl.int64)
+        x1 = tl.load(x_base + hx * x_sh, mask=m, other=0.0)
+        x2 = tl.load(x_base + hx * x_sh + half, mask=m, other=0.0)
+        dt = x1.dtype
+        x1f = x1.to(tl.float32)
+        x2f = x2.to(tl.float32)
+        # Each product rounds to the input dtype before the add, like the eager `q*cos + rot*sin`.
+        out1 = (x1f * c1).to(dt).to(tl.float32) + (-x2f * s1).to(dt).to(tl.float32)
+        out2 = (x2f * c2).to(dt).to(tl.float32) + (x1f * s2).to(dt).to(tl.float32)
+        tl.store(o_base + hx * o_sh, out1.to(o_ptr.dtype.element_ty), mask=m)
+        tl.store(o_base + hx * o_sh + half, out2.to(o_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr,
+    seq_len, half, n_q_heads, n_k_heads, n_q_groups,
+    q_sb, q_sh, q_ss, k_sb, k_sh, k_ss,
+    qo_sb, qo_sh, qo_ss, ko_sb, ko_sh, ko_ss,
+    c_sb, c_ss, sn_sb, sn_ss,
+    BLOCK_S: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    HEADS: tl.constexpr,
+):
+    pid_s = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2)
+    s_offs = (pid_s * BLOCK_S + tl.arange(0, BLOCK_S)).to(tl.int64)
+    d_offs = tl.arange(0, BLOCK_HALF)
+    mask = (s_offs < seq_len)[:, None] & (d_offs < half)[None, :]
+
+    # cos/sin of this token block: loaded once, reused for every head of the group.
+    c_base = cos_ptr + b * c_sb + s_offs[:, None] * c_ss + d_offs[None, :]
+    s_base = sin_ptr + b * sn_sb + s_offs[:, None] * sn_ss + d_offs[None, :]
+    c1 = tl.load(c_base, mask=mask, other=0.0).to(tl.float32)
+    c2 = tl.load(c_base + half, mask=mask, other=0.0).to(tl.float32)
+    s1 = tl.load(s_base, mask=mask, other=0.0).to(tl.float32)
+    s2 = tl.load(s_base + half, mask=mask, other=0.0).to(tl.float32)
+
+    if g < n_q_groups:
+        _rope_heads(q_ptr, qo_ptr, b, g * HEADS, n_q_heads,
+                    q_sb, q_sh, q_ss, qo_sb, qo_sh, qo_ss, s_offs, d_offs, mask, half, c1, c2, s1, s2, HEADS)
+    else:
+        _rope_heads(k_ptr, ko_ptr, b, (g - n_q_groups) * HEADS, n_k_heads,
+                    k_sb, k_sh, k_ss, ko_sb, ko_sh, ko_ss, s_offs, d_offs, mask, half, c1, c2, s1, s2, HEADS)
+
+
+def rope_config(batch: int, seq: int, half: int) -> tuple[int, int, int]:
+    """(BLOCK_S, heads_per_prog, num_warps).
+
+    16 tokens x 128 dims = 2048 elements per head (4 KiB bf16) per loop step with 4 warps: one
+    16-byte load per thread per half. Prefill (256 token blocks at 4096 tokens) groups 8 heads per
+    program -> 5 programs per block at Llama's 32+8 heads, 1280 programs, cos/sin read 5x from L2
+    instead of 40x; decode (one token) gives every head its own program so 40 heads run in parallel.
+    """
+    block_s = min(16, triton.next_power_of_2(max(seq, 1)))
+    n_blocks = batch * triton.cdiv(seq, block_s)
+    heads_per_prog = 8 if n_blocks >= 128 else (2 if n_blocks >= 16 else 1)
+    tile = block_s * triton.next_power_of_2(half) * 2
+    num_warps = max(1, min(8, tile // 512))
+    return block_s, heads_per_prog, num_warps
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads_per_prog: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B,Hq,S,D], k [B,Hkv,S,D], cos/sin [B or 1,S,D] -> (q_rot, k_rot), HF apply_rotary_pos_emb
+    with unsqueeze_dim=1."""
+    bsz, n_q, seq, dim = q.shape
+    n_k = k.shape[1]
+    half = dim // 2
+    q, k = _unit_last(q), _unit_last(k)
+    cos = _unit_last(cos.expand(bsz, seq, dim))
+    sin = _unit_last(sin.expand(bsz, seq, dim))
+    out_dtype = torch.promote_types(q.dtype, cos.dtype)
+    q_out = torch.empty_like(q, dtype=out_dtype)  # same layout as q (eager elementwise keeps it)
+    k_out = torch.empty_like(k, dtype=torch.promote_types(k.dtype, cos.dtype))
+    if q.numel() == 0 and k.numel() == 0:
+        return q_out, k_out
+    block_s, hpp, nw = rope_config(bsz, seq, half)
+    hpp = heads_per_prog or hpp
+    n_q_groups = triton.cdiv(n_q, hpp)
+    grid = (triton.cdiv(seq, block_s), bsz, n_q_groups + triton.cdiv(n_k, hpp))
+    _rope_kernel[grid](
+        q, k, cos, sin, q_out, k_out,
+        seq, half, n_q, n_k, n_q_groups,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
+        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
+        BLOCK_S=block_s, BLOCK_HALF=triton.next_power_of_2(max(half, 1)), HEADS=hpp, num_warps=nw,
+    )
+    return q_out, k_out
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        return apply_rotary(q, k, cos, sin)
