@@ -14,7 +14,8 @@ same way. It defines the baseline `nn.Module` and, below it, what the harness ne
     def cost(config, shape, dtype) -> {"bytes": int, "flops": int}      # for the roofline
 
 A shape may carry an "init" dict that overrides init args for that shape (Qwen3's per-head q/k
-norms are RMSNorms of head_dim, not hidden_size).
+norms are RMSNorms of head_dim, not hidden_size), and a "bound" that overrides BOUND for that shape
+(attention: prefill is compute-bound, decode memory-bound).
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ class OperatorSpec:
 
     def init_args_for(self, shape_name: str) -> dict:
         return {**self.init_args, **self.shapes[shape_name].get("init", {})}
+
+    def bound_for(self, shape_name: str) -> str:
+        """Which roofline ceiling a shape is measured against: its own "bound", else the task's."""
+        return self.shapes[shape_name].get("bound", self.bound)
 
     def to_dict(self) -> dict:
         """JSON-safe form (what crosses into a sandbox child and into tracking)."""

@@ -139,3 +139,25 @@ def test_rotary_inputs_come_from_the_family_rope():
     assert not torch.allclose(cos_p[0], plain, atol=1e-3)
     assert torch.allclose(cos_p[0, :, 0], plain[:, 0])  # the highest frequency is left unscaled
     assert task.FAMILIES["llama"].startswith("apply_rotary_pos_emb")
+
+
+@pytest.mark.parametrize("op,family", L1_CASES, ids=[f"{o}-{f}" for o, f in L1_CASES])
+def test_l1_task_metadata(op, family):
+    """What the harness relies on: prefill and decode shapes, fresh seeded inputs, a cost model."""
+    spec = build_spec(1, op, MODEL_OF_FAMILY[family], tiny=True)
+    config = resolve(spec.model_id, tiny=True).hf_config()
+    assert {"prefill", "decode"} <= set(spec.shapes)
+    for shape in spec.shapes:
+        assert spec.bound_for(shape) in ("memory", "compute")
+        cost = spec.task().cost(config, spec.shapes[shape], torch.bfloat16)
+        assert set(cost) == {"bytes", "flops"} and cost["bytes"] > 0 and cost["flops"] >= 0
+        a = build_inputs(spec, shape, torch.bfloat16, "cpu", seed=1)
+        b = build_inputs(spec, shape, torch.bfloat16, "cpu", seed=2)
+        again = build_inputs(spec, shape, torch.bfloat16, "cpu", seed=1)
+        assert all(torch.equal(x, y) for x, y in zip(a, again))
+        assert any(not torch.equal(x, y) for x, y in zip(a, b))
+        for x in a:
+            assert x.dtype in (torch.bfloat16, torch.int64) and x.abs().max() > 0
+    if op == "attention":
+        assert spec.bound_for("prefill") == "compute" and spec.bound_for("decode") == "memory"
+        assert spec.shapes["decode"]["seq"] == 1 and spec.shapes["decode"]["past"] > 0
