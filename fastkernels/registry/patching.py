@@ -18,9 +18,11 @@ model after moving it to its device and dtype: the implementations are built whe
 
 Shadow check (`shadow=True`): every patched call also runs the operator's baseline (the task file's
 class, same weights) on clones of the same inputs and compares the two outputs with the operator's
-dtype tolerances (`fastkernels.bench.tolerances`); the candidate's output flows on, so the model
+dtype tolerances; the candidate's output flows on, so the model
 runs as it would in production. `handle.shadow_report()` gives max/mean error per operator and
-call site, the worst layer, and pass/fail naming the operator and layer of every failure.
+call site, the worst layer, and pass/fail naming the operator and layer of every failure. The
+tolerances are the unit benchmark's (`fastkernels.bench.unit.TOLERANCES`, one definition): an
+element passes when |candidate - baseline| <= atol * rms(baseline) + rtol * |baseline|.
 
 The transformers version matters in one place: 5.24 names the cache argument `cache`, 5.17
 `past_key_values`. Our forwards accept both and pass on the name the installed version uses.
@@ -272,7 +274,9 @@ class ShadowCheck:
             bad_nan = ~torch.isfinite(cf) & torch.isfinite(rf)
             diff = torch.where(torch.isfinite(rf), diff, torch.zeros_like(diff))
             diff = torch.where(bad_nan, torch.full_like(diff, float("inf")), diff)
-            bound = atol + rtol * rf.abs().nan_to_num(0.0)
+            finite_ref = rf.nan_to_num(0.0, posinf=0.0, neginf=0.0)
+            rms = float(finite_ref.pow(2).mean().sqrt()) if finite_ref.numel() else 0.0
+            bound = atol * rms + rtol * finite_ref.abs()
             ratio = diff / bound.clamp_min(1e-30) if (rtol or atol) else torch.where(diff > 0, float("inf"), 0.0)
             mx = float(diff.max()) if diff.numel() else 0.0
             rec.max_abs = max(rec.max_abs, mx)
@@ -284,8 +288,8 @@ class ShadowCheck:
                 self._fail(rec, f"{what} has NaN/Inf where the baseline is finite ({self.phase})")
             elif worst > 1.0:
                 where = int(ratio.flatten().argmax())
-                self._fail(rec, f"{what} off by up to {mx:.3g} (element {where}; allowed atol {atol:g} + rtol {rtol:g}"
-                                f" x |baseline|; {self.phase})")
+                self._fail(rec, f"{what} off by up to {mx:.3g} (element {where}; allowed {atol:g} x rms {rms:.3g}"
+                                f" + {rtol:g} x |baseline|; {self.phase})")
         rec.mean_abs += (call_mean - rec.mean_abs) / rec.calls
         if mutated:
             self._fail(rec, f"modified its input in place ({self.phase})")
@@ -844,6 +848,14 @@ BINDERS: dict[str, Callable[[_Ctx, Implementation], int]] = {
 }
 
 
+def tolerance(dtype) -> tuple[float, float]:
+    """(rtol, atol) of the unit benchmark for outputs of `dtype` (atol in units of the output's RMS)."""
+    from fastkernels.bench.unit import TOLERANCES
+
+    tol = TOLERANCES.get(str(dtype).replace("torch.", ""))
+    return (tol.rtol, tol.atol) if tol is not None else (0.0, 0.0)
+
+
 def model_family(model: nn.Module) -> str:
     family = getattr(getattr(model, "config", None), "model_type", None)
     if family not in PREFIX:
@@ -885,10 +897,7 @@ def patch(model: nn.Module, candidates, level: int | None = None, *, shadow: boo
             binder = BINDERS.get(impl.op)
             if binder is None:
                 raise UsageError(f"fastkernels has no binding for {impl.key} yet")
-            from fastkernels.bench.tolerances import tolerance
-
-            dtype = next(model.parameters()).dtype
-            handle.shadow.tolerances[impl.key] = tolerance(dtype, impl.level, task)
+            handle.shadow.tolerances[impl.key] = tolerance(next(model.parameters()).dtype)
             count = binder(ctx, impl)
             if count == 0:
                 handle.notes.append(f"{impl.key}: no call site left in this model (a higher level replaced them)")
