@@ -1,0 +1,1 @@
+"""fastkernels_tui: the Textual cockpit over the fastkernels engine."""

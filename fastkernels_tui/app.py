@@ -1,0 +1,420 @@
+"""The cockpit application: key bindings, the engine's workers, and the routing of engine events
+to the main screen. Layout and rendering live in screens/ and widgets/.
+
+Threads: every engine call (discover, the whole run, one operator, an edit, approve/reject, the
+end-to-end benchmark) runs in a Textual thread worker; metrics are sampled in another. Engine
+events reach the UI thread as messages through `EventBridge` (text deltas coalesced). The UI
+thread only renders and reacts."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from fastkernels.bench.gpu_metrics import MetricsSampler, MetricsSnapshot
+from fastkernels.errors import FastKernelsError
+from fastkernels_tui.bridge import EngineFlush, EventBridge
+from fastkernels_tui.commands import CockpitCommands
+from fastkernels_tui.model import OpView
+from fastkernels_tui.options import OFFLINE_LLM, AgentFactory, SessionOptions, missing_key, real_agent_factory
+from fastkernels_tui.screens.dialogs import ChoiceScreen, ConfirmQuit
+from fastkernels_tui.screens.help import HelpScreen
+from fastkernels_tui.screens.history import HistoryScreen
+from fastkernels_tui.screens.main import MainScreen
+from fastkernels_tui.screens.setup import SetupScreen
+from fastkernels_tui.settings import load_settings, save_settings
+from fastkernels_tui.themes import DEFAULT_THEME, load_themes
+from fastkernels_tui.widgets.editor import KernelEditor
+from fastkernels_tui.widgets.gpu import GpuPanel
+from fastkernels_tui.widgets.steering import SteeringBar
+
+HERE = Path(__file__).parent
+ENGINE_GROUPS = ("engine", "pipeline", "op", "edit", "review", "e2e")
+
+
+class MetricsSampled(Message):
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+    def can_replace(self, message: Message) -> bool:  # only the newest sample matters
+        return isinstance(message, MetricsSampled)
+
+
+class FastKernelsApp(App):
+    TITLE = "fastkernels"
+    CSS_PATH = [
+        HERE / "screens" / "main.tcss", HERE / "screens" / "dialogs.tcss", HERE / "screens" / "help.tcss",
+        HERE / "screens" / "history.tcss", HERE / "screens" / "setup.tcss",
+        HERE / "widgets" / "op_tree.tcss", HERE / "widgets" / "stream.tcss", HERE / "widgets" / "diff.tcss",
+        HERE / "widgets" / "editor.tcss", HERE / "widgets" / "bench.tcss", HERE / "widgets" / "gpu.tcss",
+        HERE / "widgets" / "steering.tcss",
+    ]
+    COMMANDS = App.COMMANDS | {CockpitCommands}
+    BINDINGS = [
+        Binding("g", "run_all", "Generate all", id="run_all"),
+        Binding("r", "regenerate", "Regenerate", id="regenerate"),
+        Binding("a", "approve", "Approve", id="approve"),
+        Binding("x", "reject", "Reject", id="reject"),
+        Binding("s", "steer", "Steer", id="steer"),
+        Binding("l", "show_tab('stream')", "Stream", id="tab_stream"),
+        Binding("d", "show_tab('diff')", "Diff", id="tab_diff"),
+        Binding("e", "show_tab('editor')", "Edit", id="tab_editor"),
+        Binding("n", "show_tab('unit')", "Unit", id="tab_unit"),
+        Binding("u", "diff_split", "Split/unified diff", show=False, id="diff_split"),
+        Binding("p", "diff_against", "Diff vs previous/baseline", show=False, id="diff_against"),
+        Binding("b", "bench", "E2E bench", id="bench"),
+        Binding("t", "next_theme", "Theme", id="next_theme"),
+        Binding("o", "setup", "Setup", show=False, id="setup"),
+        Binding("h", "history", "History", show=False, id="history"),
+        Binding("question_mark,f1", "help", "Help", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(self, options: SessionOptions, agent_factory: AgentFactory | None = None,
+                 sampler: Any = None, sample_interval: float = 0.5, mask_times: bool = False,
+                 remember: bool = True) -> None:
+        super().__init__()
+        self.options = options
+        self.agent_factory = agent_factory or real_agent_factory
+        self.sampler = sampler if sampler is not None else MetricsSampler()
+        self.sample_interval = sample_interval
+        self.mask_times = mask_times
+        self.remember = remember  # write the theme to the settings file when it changes
+        self.agent: Any = None
+        self.bridge = EventBridge(self)
+        self.our_themes: list[str] = []
+
+    # ---- start ----------------------------------------------------------------------------
+    @property
+    def main(self) -> MainScreen:
+        return self.get_screen("main")  # type: ignore[return-value]
+
+    def on_mount(self) -> None:
+        # Long-lived workers (metrics, the run, per-op jobs, e2e) each hold a thread; asyncio's
+        # default pool is min(32, cores + 4) = 6 threads on a 2-core machine, too few.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, thread_name_prefix="fk-ui-worker"))
+        themes, warnings = load_themes()
+        for theme in themes:
+            self.register_theme(theme)
+        self.our_themes = [t.name for t in themes]
+        settings = load_settings()
+        wanted = self.options.theme or settings.get("theme") or DEFAULT_THEME
+        if wanted not in self.available_themes:
+            warnings.append(f"unknown theme {wanted!r}; available: {', '.join(sorted(self.available_themes))}")
+            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = wanted
+        if isinstance(settings.get("keymap"), dict):
+            self.set_keymap(settings["keymap"])
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.install_screen(MainScreen(mask_times=self.mask_times), name="main")
+        self.push_screen("main")
+        self._update_title()
+        for w in warnings:
+            self.notify(w, severity="warning")
+        for note in self.options.notes:
+            self.main.add_log(note)
+            self.notify(note, title="defaults")
+        self.sample_metrics()
+        key = missing_key(self.options.llm_model, self.options.llm_base_url)
+        if key:
+            self.offer_offline(key)
+        else:
+            self.boot()
+
+    def offer_offline(self, key: str) -> None:
+        msg = (f"No {key} in the environment: the {self.options.llm_model} backend cannot run.\n"
+               f"Use the offline `{OFFLINE_LLM}` backend (the verified kernels shipped in tasks/library/, "
+               "labelled as such), or set the key and restart.")
+        self.main.add_log(f"no {key}: offered the {OFFLINE_LLM} backend")
+
+        def chosen(choice: str | None) -> None:
+            if choice == "library":
+                self.options = self.options.with_(llm_model=OFFLINE_LLM)
+                self._update_title()
+                self.boot()
+            elif choice == "setup":
+                self.action_setup()
+            else:
+                self.main.set_status(f"no backend: set {key} and restart, or press o to pick another")
+
+        self.push_screen(ChoiceScreen(msg, [("library", f"Use {OFFLINE_LLM}"), ("setup", "Setup…"),
+                                            ("none", "Not now")], cancel_id="none"), chosen)
+
+    def _update_title(self) -> None:
+        label = getattr(getattr(self.agent, "backend", None), "label", None) or self.options.llm_model
+        self.sub_title = f"{self.options.title} · {label}" + (" · review" if not self.options.auto_approve else "")
+
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False, name="discover")
+    def boot(self) -> None:
+        """Build the engine for the current options and discover the operators."""
+        agent = self.agent_factory(self.options, self.bridge)
+        specs = agent.discover()
+        self.call_from_thread(self._booted, agent, specs)
+
+    def _booted(self, agent: Any, specs: list) -> None:
+        self.agent = agent
+        views = []
+        for spec in specs:
+            views.append(OpView(name=spec.name, class_name=spec.class_name, baseline_code=spec.source_code))
+        self.main.set_ops(self.options.title, self.options.level, views)
+        for v in views:
+            self.main.refresh_op(v.name, agent.states.get(v.name))
+        self._update_title()
+        self.main.add_log(f"{len(views)} operators · backend {getattr(agent.backend, 'label', '?')} · g generates all")
+
+    # ---- engine events --------------------------------------------------------------------
+    def on_engine_flush(self, _: EngineFlush) -> None:
+        for item in self.bridge.drain():
+            if isinstance(item, dict):
+                self.main.apply_stream(item)
+                continue
+            op = getattr(item, "op", None)
+            state = self.agent.states.get(op) if (self.agent is not None and op) else None
+            self.main.apply_event(item, state)
+
+    def on_metrics_sampled(self, message: MetricsSampled) -> None:
+        self.main.query_one(GpuPanel).update_snapshot(message.snapshot)
+
+    @work(thread=True, exclusive=True, group="metrics", exit_on_error=False, name="metrics")
+    def sample_metrics(self) -> None:
+        worker = get_current_worker()
+        try:
+            while not worker.is_cancelled:
+                self.post_message(MetricsSampled(self.sampler.sample()))
+                worker.cancelled_event.wait(self.sample_interval)
+        finally:
+            close = getattr(self.sampler, "close", None)
+            if close:
+                close()
+
+    @on(Worker.StateChanged)
+    def worker_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group == "metrics":
+            return
+        if event.state == WorkerState.ERROR:
+            exc = worker.error
+            text = str(exc) if isinstance(exc, FastKernelsError) else f"{type(exc).__name__}: {exc}"
+            self.main.add_log(f"✗ {worker.name}: {text}")
+            self.notify(text, title=worker.name, severity="error", timeout=8)
+        self._update_running()
+
+    def running(self) -> list[str]:
+        return [w.name for w in self.workers
+                if w.group.split(":")[0] in ENGINE_GROUPS and w.state in (WorkerState.PENDING, WorkerState.RUNNING)]
+
+    def _busy(self, *groups: str) -> bool:
+        return any(w.group.split(":")[0] in groups and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
+                   for w in self.workers)
+
+    def _update_running(self) -> None:
+        jobs = self.running()
+        self.sub_title = self.sub_title.split(" · running")[0] + (f" · running {len(jobs)}" if jobs else "")
+
+    # ---- engine calls ---------------------------------------------------------------------
+    def _need_agent(self) -> bool:
+        if self.agent is None:
+            self.notify("the engine is not ready (see the status pane)", severity="warning")
+            return False
+        return True
+
+    def _need_op(self) -> str | None:
+        op = self.main.selected
+        if op is None:
+            self.notify("select an operator first", severity="warning")
+        return op
+
+    def _engine_job(self, fn: Callable[[], Any], *, name: str, group: str, op: str | None = None,
+                    then: Callable[[Any], None] | None = None) -> Worker:
+        """Run one blocking engine call in a thread worker; refresh the op from the agent after."""
+
+        def job():
+            result = fn()
+            if op is not None:
+                self.call_from_thread(self._refresh_op, op)
+            if then is not None:
+                self.call_from_thread(then, result)
+            return result
+
+        return self.run_worker(job, name=name, group=group, thread=True, exclusive=True, exit_on_error=False)
+
+    def _refresh_op(self, op: str) -> None:
+        self.main.refresh_op(op, self.agent.states.get(op) if self.agent else None)
+
+    @work(thread=True, exclusive=True, group="pipeline", exit_on_error=False, name="run")
+    def _run_pipeline(self) -> dict:
+        return self.agent.run()
+
+    def action_run_all(self) -> None:
+        if not self._need_agent():
+            return
+        if self._busy("pipeline", "op"):
+            self.notify("a generation is already running", severity="warning")
+            return
+        self.main.add_log("generating every operator")
+        self._run_pipeline()
+
+    def action_regenerate(self) -> None:
+        if not self._need_agent() or not (op := self._need_op()):
+            return
+        if self._busy("pipeline"):
+            self.notify("the whole run is generating; regenerate after it", severity="warning")
+            return
+        self.main.show_tab("stream")
+        self._engine_job(lambda: self.agent.generate_op(op), name=f"generate {op}", group=f"op:{op}", op=op)
+
+    def action_approve(self) -> None:
+        self._review("approve")
+
+    def action_reject(self) -> None:
+        self._review("reject")
+
+    def _review(self, what: str) -> None:
+        if not self._need_agent() or not (op := self._need_op()):
+            return
+        fn = getattr(self.agent, what)
+        self._engine_job(lambda: fn(op), name=f"{what} {op}", group="review", op=op,
+                         then=lambda _: self.main.add_log(f"{op}: {what}d"))
+
+    def action_steer(self) -> None:
+        self.main.query_one("#steer-input").focus()
+
+    @on(SteeringBar.Steer)
+    def steer(self, message: SteeringBar.Steer) -> None:
+        if not self._need_agent():
+            return
+        op = None if message.all_ops else self._need_op()
+        if op is None and not message.all_ops:
+            return
+        target = "every operator" if op is None else op
+        self.agent.set_steering(op, message.note)  # a dict write under the agent's lock: instant
+        for name, view in self.main.views.items():
+            if op is None or name == op:
+                view.add(f"» steering for the next attempt: {message.note}\n")
+                if name == self.main.selected:
+                    self.main.stream.append(f"» steering for the next attempt: {message.note}\n")
+        self.main.add_log(f"steering noted for {target}; r regenerates")
+        self.notify(f"steering noted for {target}: the next attempt gets it", title="steer")
+
+    @on(KernelEditor.SaveRequested)
+    def save_edit(self, message: KernelEditor.SaveRequested) -> None:
+        if not self._need_agent():
+            return
+        op, code = message.op, message.code
+        self.main.editor.mark_saved()
+        self.main.add_log(f"{op}: saved, re-checking")
+        view = self.main.views.get(op)
+        if view is not None:
+            view.add("✎ edited by hand: saved, re-validating and re-benchmarking\n")
+        self._engine_job(lambda: self.agent.submit_edit(op, code), name=f"check edit {op}", group=f"edit:{op}",
+                         op=op, then=lambda st: self._edit_checked(op, st))
+
+    def _edit_checked(self, op: str, state: Any) -> None:
+        status = getattr(getattr(state, "status", None), "value", getattr(state, "status", "?"))
+        self.main.add_log(f"{op}: edit checked → {status}")
+        self.notify(f"{op}: your edit is {status}", title="edit")
+
+    @work(thread=True, exclusive=True, group="e2e", exit_on_error=False, name="e2e benchmark")
+    def _run_e2e(self) -> dict | None:
+        return self.agent.run_e2e()
+
+    def action_bench(self) -> None:
+        if not self._need_agent():
+            return
+        self.main.show_tab("e2e")
+        self.main.add_log("end-to-end benchmark started")
+        self._run_e2e()
+
+    # ---- views ----------------------------------------------------------------------------
+    def action_show_tab(self, tab: str) -> None:
+        self.main.show_tab(tab)
+
+    def action_diff_split(self) -> None:
+        self.main.show_tab("diff")
+        self.main.diff.toggle_split()
+
+    def action_diff_against(self) -> None:
+        self.main.show_tab("diff")
+        self.main.diff.toggle_against()
+
+    def action_next_theme(self) -> None:
+        names = self.our_themes or sorted(self.available_themes)
+        i = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(i + 1) % len(names)]
+        self.notify(f"theme: {self.theme}")
+
+    def _remember_theme(self, theme) -> None:
+        if self.remember:
+            try:
+                save_settings(theme=theme.name)
+            except OSError as exc:  # a read-only home must not break theme switching
+                self.notify(f"could not remember the theme: {exc}", severity="warning")
+        if self.screen_stack and self.main.is_attached:
+            self.main.diff.show(self.main.view())  # pygments colours follow dark/light
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_history(self) -> None:
+        self.push_screen(HistoryScreen(model=self.options.model, level=self.options.level))
+
+    def action_setup(self) -> None:
+        def chosen(new: SessionOptions | None) -> None:
+            if new is None:
+                return
+            if self.running():
+                self.notify("work is running: change the setup once it is done", severity="warning")
+                return
+            self.options = new
+            self.agent = None
+            self._update_title()
+            key = missing_key(new.llm_model, new.llm_base_url)
+            if key:
+                self.offer_offline(key)
+            else:
+                self.main.add_log(f"setup: {new.title} · {new.llm_model}")
+                self.boot()
+
+        self.push_screen(SetupScreen(self.options), chosen)
+
+    async def action_quit(self) -> None:
+        jobs = self.running()
+        if not jobs:
+            self.exit()
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "quit":
+                if self.agent is not None:
+                    self.agent.cancel()
+                for w in self.workers:
+                    w.cancel()
+                self.exit()
+
+        self.push_screen(ConfirmQuit(jobs), chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fastkernels-tui [options]`: the same as `fastkernels tui [options]`."""
+    import argparse
+
+    from fastkernels_tui.cli import add_args, run
+
+    parser = argparse.ArgumentParser(prog="fastkernels-tui", description="the fastkernels cockpit")
+    add_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except FastKernelsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""The cockpit's screens: main, help, history, setup and the small dialogs."""

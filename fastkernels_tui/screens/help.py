@@ -1,0 +1,49 @@
+"""The help screen: what the cockpit shows, and every key binding (read from the live bindings,
+so a user keymap shows up here too)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+INTRO = """\
+fastkernels cockpit
+
+Left: the model's operators at this level, each with its status and best speedup.
+Centre: the selected operator's generation stream, its diff (baseline or previous attempt vs
+candidate), an editor (ctrl+s saves to disk and re-checks), its unit results and the end-to-end
+report. Below: steer the next attempt of this operator (or all, with the switch).
+Right: live GPU (NVML) and host metrics.
+Review is on unless --auto-approve: only approved kernels enter the end-to-end benchmark.
+ctrl+p opens the command palette. Theme files: themes/*.toml and <config dir>/themes/*.toml.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss", "Close", id="help_close")]
+
+    def compose(self) -> ComposeResult:
+        table = Table(title="keys", box=None, padding=(0, 2))
+        table.add_column("key", style="bold")
+        table.add_column("action")
+        for key, binding in sorted(self._app_bindings(), key=lambda kb: kb[1].description):
+            table.add_row(self.app.get_key_display(binding), binding.description)
+        with VerticalScroll(id="help-body"):
+            yield Static(Text(INTRO))
+            yield Static(table)
+            yield Static(Text("escape closes", style="dim"))
+
+    def _app_bindings(self):
+        seen = {}
+        for key, binding in self.app._bindings:
+            if binding.show and binding.description and binding.action not in seen:
+                seen[binding.action] = (key, binding)
+        return list(seen.values())
+
+    async def action_dismiss(self, result=None) -> None:
+        self.dismiss(None)

@@ -1,0 +1,93 @@
+"""Past runs, from the engine's tracking history (fastkernels.bench.history). Loaded in a worker;
+where tracking is absent or empty the screen says so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+COLUMNS = ("when", "model", "level", "backend", "passing", "best speedup", "e2e match", "e2e speedup", "run")
+
+
+def _as_dict(row: Any) -> dict:
+    if isinstance(row, dict):
+        return row
+    if hasattr(row, "to_dict"):
+        return row.to_dict()
+    return dict(vars(row))
+
+
+def load_runs(model: str | None, level: int | None, limit: int = 50) -> list[dict]:
+    """Rows of past runs, newest first. Raises ImportError while tracking is not installed."""
+    from fastkernels.bench import history
+
+    for name in ("list_runs", "recent_runs", "runs", "load_history"):
+        fn = getattr(history, name, None)
+        if fn is not None:
+            break
+    else:
+        raise ImportError("fastkernels.bench.history has no list_runs()")
+    try:
+        rows = fn(model=model, level=level, limit=limit)
+    except TypeError:  # an older signature without filters
+        rows = fn(limit=limit)
+    return [_as_dict(r) for r in rows]
+
+
+def _cell(row: dict, *keys: str) -> str:
+    for k in keys:
+        v = row.get(k)
+        if v is not None:
+            return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return "—"
+
+
+class HistoryScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,h", "close", "Close", id="history_close")]
+
+    def __init__(self, model: str | None = None, level: int | None = None) -> None:
+        super().__init__()
+        self.model, self.level = model, level
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="history"):
+            yield Static(f"past runs · {self.model or 'all models'} · loading…", id="history-header")
+            yield DataTable(id="history-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns(*COLUMNS)
+        self.load()
+
+    @work(thread=True, exclusive=True, group="history", exit_on_error=False)
+    def load(self) -> None:
+        try:
+            rows = load_runs(self.model, self.level)
+        except ImportError as exc:
+            self.app.call_from_thread(self._show_note, f"history is not available yet (tracking: {exc})")
+            return
+        except Exception as exc:  # a broken or unreadable store: say so, keep the app
+            self.app.call_from_thread(self._show_note, f"could not read the run history: {type(exc).__name__}: {exc}")
+            return
+        self.app.call_from_thread(self._show, rows)
+
+    def _show_note(self, text: str) -> None:
+        self.query_one("#history-header", Static).update(text + "  · escape closes")
+
+    def _show(self, rows: list[dict]) -> None:
+        table = self.query_one(DataTable)
+        for r in rows:
+            table.add_row(_cell(r, "when", "start_time", "started"), _cell(r, "model"), _cell(r, "level"),
+                          _cell(r, "backend"), _cell(r, "passing", "kernels_passing"),
+                          _cell(r, "best_speedup", "speedup"), _cell(r, "e2e_token_match", "token_match"),
+                          _cell(r, "e2e_speedup"), _cell(r, "run_id", "id"))
+        self._show_note(f"past runs · {self.model or 'all models'} · {len(rows)} shown"
+                        if rows else "no past runs recorded yet")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

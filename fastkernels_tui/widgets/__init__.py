@@ -1,0 +1,1 @@
+"""The cockpit's widgets, one family per module, each with its own .tcss."""

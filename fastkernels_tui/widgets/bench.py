@@ -1,0 +1,122 @@
+"""Benchmark panels: the unit results of the selected operator per shape (table and bar chart of
+speedups), and the end-to-end panel (progress, then the report)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import DataTable, ProgressBar, Static
+
+from fastkernels_tui.model import OpView, unit_rows
+
+BAR = "█"
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def speedup_bars(rows, width: int = 30) -> Table:
+    """One bar per shape: candidate speedup vs eager baseline, a tick at 1.0×."""
+    table = Table(box=None, show_header=False, padding=(0, 1), expand=False)
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(justify="right", no_wrap=True)
+    top = max([r.speedup for r in rows if r.speedup] + [1.0])
+    for r in rows:
+        s = r.speedup or 0.0
+        n = int(round(width * s / top))
+        one = int(round(width * 1.0 / top))
+        bar = Text(BAR * n, style="green" if s >= 1.0 else "red")
+        if n < one:
+            bar.append(" " * (one - n - 1) + "│", style="dim")
+        table.add_row(f"{r.shape} {r.dtype}".strip(), bar, f"{s:.2f}×" if r.speedup else "—")
+    return table
+
+
+class UnitPanel(Vertical):
+    COLUMNS = ("shape", "dtype", "ok", "baseline ms", "compile ms", "candidate ms", "× eager", "× compile", "% roofline")
+
+    def compose(self) -> ComposeResult:
+        yield Static("no unit results yet", id="unit-header")
+        yield DataTable(id="unit-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="unit-bars")
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns(*self.COLUMNS)
+
+    def show(self, view: OpView | None) -> None:
+        table = self.query_one(DataTable)
+        table.clear()
+        rows = unit_rows(view.unit if view else None)
+        header = self.query_one("#unit-header", Static)
+        bars = self.query_one("#unit-bars", Static)
+        if view is None or not rows:
+            header.update(f"{view.name}: no unit results yet" if view else "no operator selected")
+            bars.update("")
+            return
+        note = (view.unit or {}).get("note") or ("timings not meaningful (no GPU)" if (view.unit or {}).get("meaningful") is False else "")
+        header.update(Text.assemble((view.name, "bold"), f" · unit results · attempt {view.attempt}" + (f" · {note}" if note else "")))
+        for r in rows:
+            ok = "✓" if r.passed else ("✗" if r.passed is False else "?")
+            table.add_row(r.shape, r.dtype, ok, _fmt(r.baseline, ".4f"), _fmt(r.compile, ".4f"), _fmt(r.candidate, ".4f"),
+                          _fmt(r.speedup, ".2f"), _fmt(r.speedup_compile, ".2f"), _fmt(r.roofline, ".0f"))
+        bars.update(speedup_bars(rows))
+
+
+E2E_KEYS = (
+    ("token_match", "greedy token match"), ("teacher_forced_top1", "teacher-forced top-1"),
+    ("teacher_forced", "teacher-forced agreement"), ("noise_floor", "noise floor"),
+    ("max_logit_error", "max logit error"), ("tokens_per_s", "tokens/s"),
+    ("baseline_tokens_per_s", "baseline tokens/s"), ("prefill_ms", "prefill ms"),
+    ("decode_ms", "decode ms"), ("speedup", "speedup"), ("decode_speedup", "decode speedup"),
+)
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flatten(v, key + ".")
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out.append((key, v))
+    return out
+
+
+class E2EPanel(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static("end-to-end: not run yet (b runs it on the approved kernels)", id="e2e-header")
+        yield ProgressBar(id="e2e-progress", show_eta=False)
+        with VerticalScroll():
+            yield DataTable(id="e2e-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        self.query_one(DataTable).add_columns("metric", "value")
+
+    def progress(self, stage: str, done: int, total: int, detail: str = "") -> None:
+        self.query_one("#e2e-header", Static).update(f"end-to-end: {stage} {done}/{total} {detail}".rstrip())
+        self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
+
+    def show_report(self, passed: bool, report: dict) -> None:
+        self.query_one("#e2e-header", Static).update(
+            Text.assemble("end-to-end: ", ("passed" if passed else "FAILED", "bold green" if passed else "bold red")))
+        table = self.query_one(DataTable)
+        table.clear()
+        flat = dict(_flatten(report))
+        shown = set()
+        for key, label in E2E_KEYS:
+            if key in flat:
+                table.add_row(label, _value(flat[key]))
+                shown.add(key)
+        for key, val in flat.items():
+            if key not in shown:
+                table.add_row(key, _value(val))
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
