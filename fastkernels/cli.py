@@ -78,6 +78,7 @@ def _args_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end benchmark")
     p.add_argument("--prompt-len", type=int, default=None, help="end-to-end prompt length")
     p.add_argument("--new-tokens", type=int, default=None, help="end-to-end tokens to generate")
+    add_tracking_args(p)
 
 
 def _cmd_agent(args) -> int:
@@ -104,11 +105,125 @@ def _cmd_agent(args) -> int:
     return 0 if summary["passing"] == summary["total"] and (not summary.get("e2e") or summary["e2e"].get("passed")) else 1
 
 
+# ---- tracking: --tracking-uri, history, mlflow-ui ----------------------------------------------
+
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    """--tracking-uri/--no-tracking for a command that logs to MLflow; `main` applies them."""
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else a SQLite file in the user data dir)")
+    p.add_argument("--no-tracking", action="store_true", help="record nothing in MLflow")
+
+
+def _apply_tracking_args(args) -> None:
+    uri, off = getattr(args, "tracking_uri", None), getattr(args, "no_tracking", False)
+    if uri or off:
+        from fastkernels.bench.tracking import tracker  # cheap: MLflow itself loads on first use
+
+        tracker.configure(uri, enabled=False if off else None)
+
+
+def _args_history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="show one run's kernels and results (an id or its prefix)")
+    p.add_argument("--model", default=None, help="only runs of this model")
+    p.add_argument("--level", default=None, help="only runs at this level")
+    p.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help="MLflow store to read (default as `agent`)")
+
+
+def _cmd_history(args) -> int:
+    import json
+
+    from fastkernels.bench import history
+    from fastkernels.bench.tracking import resolve_tracking_uri
+    from fastkernels.errors import UsageError
+
+    fmt = history.fmt_value
+    if args.run_id:
+        d = history.get_run(args.run_id, uri=args.tracking_uri)
+        if args.json:
+            sys.stdout.write(json.dumps(d.to_dict(), indent=2) + "\n")
+            return 0
+        s = d.summary
+        console.print(f"[bold]{s.name}[/] {s.run_id} · {s.when} · {s.status}")
+        console.print(f"{s.model} · level {s.level} · {s.backend} · gpu {d.params.get('gpu', '-')} · "
+                      + " ".join(f"{k.removeprefix('env.')} {v}" for k, v in d.params.items()
+                                 if k in ("env.torch", "env.triton", "env.transformers")))
+        table = Table(title=f"kernels: {s.kernels_passing}/{s.kernels_total} passing")
+        for col in ("op", "level", "attempt", "backend", "status", "correct", "speedup", "vs compile", "artifact"):
+            table.add_column(col)
+        for k in d.kernels:
+            table.add_row(k.op, fmt(k.level), fmt(k.attempt), fmt(k.backend), fmt(k.status), fmt(k.correct),
+                          fmt(k.speedup, "x"), fmt(k.speedup_compile, "x"), fmt(k.artifact))
+        console.print(table)
+        if d.e2e:
+            console.print("end to end: " + " · ".join(f"{k} {fmt(v)}" for k, v in sorted(d.e2e.items())))
+        console.print(f"artifacts: {d.artifact_uri}")
+        return 0
+    if args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: give a positive number of runs")
+    runs = history.list_runs(model=args.model, level=args.level, limit=args.limit, uri=args.tracking_uri)
+    if args.json:
+        sys.stdout.write(json.dumps([r.to_dict() for r in runs], indent=2) + "\n")
+        return 0
+    if not runs:
+        console.print(f"no tracked runs{' matching the filters' if args.model or args.level else ''} "
+                      f"in {resolve_tracking_uri(args.tracking_uri)}")
+        return 0
+    table = Table(title=f"{len(runs)} runs, newest first · {resolve_tracking_uri(args.tracking_uri)}")
+    for col in ("when", "run", "model", "level", "backend", "status", "kernels passing", "best speedups",
+                "e2e token match", "e2e speedup"):
+        table.add_column(col)
+    for r in runs:
+        best = ", ".join(f"{op} {fmt(x, 'x')}" for op, x in r.best_speedups) or "-"
+        table.add_row(r.when, r.run_id[:8], r.model, r.level, r.backend, r.status,
+                      f"{r.kernels_passing}/{r.kernels_total}", best, fmt(r.e2e_token_match), fmt(r.e2e_speedup, "x"))
+    console.print(table)
+    return 0
+
+
+def _args_mlflow_ui(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI", help="MLflow store to serve (default as `agent`)")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _cmd_mlflow_ui(args) -> int:
+    import signal
+
+    from fastkernels.bench import history
+    from fastkernels.bench.tracking import resolve_tracking_uri
+    from fastkernels.errors import ResourceError
+
+    proc, url = history.start_mlflow_ui(args.port, args.tracking_uri)
+    # SIGTERM ends us like Ctrl-C, so the server's whole process group is stopped below.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        console.print(f"MLflow UI at {url} (store: {resolve_tracking_uri(args.tracking_uri)}); starting...")
+        if not history.wait_mlflow_ui(proc, url):
+            raise ResourceError(f"the MLflow server did not come up on {url} (exit code {proc.poll()}); "
+                                "see its messages above")
+        console.print(f"ready: {url}  (Ctrl-C stops it)")
+        proc.wait()
+        return proc.returncode or 0
+    except KeyboardInterrupt:
+        console.print("stopping the MLflow UI")
+        return 0
+    finally:
+        history.stop_mlflow_ui(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---- dispatch ---------------------------------------------------------------------------------
 
 COMMANDS = {
     "list": ("list the operators of a model at a level", _args_list, _cmd_list),
     "agent": ("generate, validate and benchmark kernels for every operator of a model", _args_agent, _cmd_agent),
+    "history": ("past runs from the MLflow store: kernels passing, speedups, end to end", _args_history, _cmd_history),
+    "mlflow-ui": ("serve the MLflow UI for the tracking store on 127.0.0.1", _args_mlflow_ui, _cmd_mlflow_ui),
 }
 
 
@@ -134,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _apply_tracking_args(args)
         return int(args._run(args) or 0)
     except FastKernelsError as exc:
         err_console.print(f"[bold red]error:[/] {exc}")
