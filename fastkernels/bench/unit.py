@@ -1,0 +1,682 @@
+"""Per-operator unit benchmark: is the candidate right, and how fast is it?
+
+`run_unit(spec, code)` runs everything in a sandboxed child (fastkernels.bench.sandbox) and returns
+a typed `UnitReport`. Inside the child, for every named shape and dtype of the task:
+
+correctness, on several fresh random inputs, each call of the candidate made BEFORE the reference
+(so freed memory cannot hand it the right answer), with freed allocator memory filled with 0xFF
+bytes (NaN in every float format) first, and every tensor the harness frees poisoned the same way:
+- reference: the baseline in fp32 on fp32 copies of the inputs (weights: the same values);
+- tolerance by the case's dtype (TOLERANCES, the one definition), relative to the output's scale;
+- NaN/Inf never pass; shape, dtype and strides must match the baseline's output;
+- no output may alias an input or a previous call's output; inputs must come back unchanged;
+- one sample has small-magnitude inputs (scaled by 2**-9, exact in every float format), where an
+  epsilon is no longer negligible; one refills the previous sample's input tensors in place, so a
+  kernel that caches by address returns a stale answer;
+- a reference output that is near-constant cannot tell kernels apart: that sample is not counted;
+- the candidate must have launched a kernel of its own (a Triton launch, or on a GPU a profiled
+  kernel named after one of its kernels); with --cuda-only, no framework compute kernel may run
+  and on a GPU every kernel must run on the caller's stream.
+
+timing (GPU only, the first dtype of the task, after correctness passed): medians of do_bench with
+L2 flushed and inputs rotated, for the baseline eager, the baseline under torch.compile and the
+candidate; achieved bytes/s or FLOP/s against the measured device ceiling (fastkernels.bench.roofline).
+The timer functions are checked for replacement after the candidate is imported and after timing.
+On a CPU nothing is timed: the Triton interpreter's speed says nothing about a GPU's.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+from fastkernels.bench.sandbox import cuda_present, run_job
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """|candidate - reference| <= atol * rms(reference) + rtol * |reference|, element-wise.
+    atol is in units of the output's RMS, so a near-zero output cannot be matched by zeros."""
+
+    atol: float
+    rtol: float
+
+
+# The one definition of what "close enough" means per dtype. bf16 keeps 8 significant bits: one
+# rounding is up to 2**-9 = 0.2% relative, and the baseline itself rounds two or three times in
+# between (RMSNorm: the normalised value, then the weight product), so 2% leaves room for a fused
+# kernel that rounds differently, while an off-by-one-element or a wrong epsilon on small inputs is
+# 10x-100x outside. fp16 keeps 11 bits (8x finer). fp32 differs only by summation order: ~1e-6.
+TOLERANCES = {
+    "bfloat16": Tolerance(atol=2e-2, rtol=2e-2),
+    "float16": Tolerance(atol=4e-3, rtol=4e-3),
+    "float32": Tolerance(atol=1e-4, rtol=1e-4),
+}
+SMALL_SCALE = 2.0**-9  # inputs of RMS ~0.002: variance ~4e-6, comparable to an RMSNorm eps of 1e-5/1e-6
+CPU_TIMING_NOTE = "not timed: timings under the Triton interpreter on a CPU are not meaningful"
+POISON_BYTE = 0xFF  # NaN as bf16, fp16 and fp32; -1 as an integer
+
+
+@dataclass
+class ShapeResult:
+    """One named shape in one dtype: the correctness verdict and, when timed, the timings."""
+
+    shape: str
+    dtype: str
+    dims: dict = field(default_factory=dict)
+    passed: bool = False
+    reason: str = ""
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None  # max |cand - ref| / rms(ref)
+    samples: int = 0
+    baseline_eager_ms: float | None = None
+    baseline_compile_ms: float | None = None
+    candidate_ms: float | None = None
+    speedup_vs_eager: float | None = None
+    speedup_vs_compile: float | None = None
+    bound: str = ""
+    bytes_per_s: float | None = None
+    flops_per_s: float | None = None
+    roofline_fraction: float | None = None
+
+
+@dataclass
+class UnitReport:
+    op: str
+    model_id: str = ""
+    class_name: str = ""
+    device: str = ""
+    cuda_only: bool = False
+    passed: bool = False
+    error: str = ""  # why the run as a whole failed (import, crash, timeout, cheating) - "" if not
+    kind: str = "ok"  # the sandbox job's kind
+    shapes: list[ShapeResult] = field(default_factory=list)
+    timing_note: str = ""
+    ceilings: dict | None = None
+    seconds: float = 0.0
+
+    @property
+    def best_speedup(self) -> float | None:
+        vals = [s.speedup_vs_eager for s in self.shapes if s.speedup_vs_eager is not None and s.passed]
+        return max(vals) if vals else None
+
+    def failure_message(self) -> str:
+        """What went wrong, fit to show a person or feed back to the LLM ("" when passed)."""
+        if self.passed:
+            return ""
+        lines = []
+        if self.error:
+            lines.append(self.error)
+        bad = [s for s in self.shapes if not s.passed]
+        if bad:
+            head = f"{self.op} {self.class_name}: wrong on {len(bad)} of {len(self.shapes)} shape/dtype cases:"
+            lines.append(head)
+            lines += [f"- {s.shape} {_fmt_dims(s.dims)} {s.dtype}: {s.reason}" for s in bad]
+        return "\n".join(lines) or f"{self.op}: failed"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["best_speedup"] = self.best_speedup
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UnitReport":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        shape_names = {f.name for f in fields(ShapeResult)}
+        kw["shapes"] = [ShapeResult(**{k: v for k, v in s.items() if k in shape_names}) for s in d.get("shapes", [])]
+        return cls(**kw)
+
+
+def _fmt_dims(dims: dict) -> str:
+    inner = ",".join(f"{k}={v}" for k, v in dims.items() if k != "init")
+    return f"[{inner}]" if inner else ""
+
+
+def kernel_names(code: str) -> list[str]:
+    """Names of the kernels a candidate defines: @triton.jit functions and CUDA __global__ functions."""
+    import ast
+
+    names = []
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            for dec in node.decorator_list:
+                target = dec.func if isinstance(dec, ast.Call) else dec
+                if (getattr(target, "attr", None) or getattr(target, "id", None)) in ("jit", "autotune", "heuristics"):
+                    names.append(node.name)
+                    break
+    names += re.findall(r"__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)", code)
+    return sorted(set(names))
+
+
+def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only: bool = False,
+             timeout: float = 600.0, compile_baseline: bool = True, require_kernel: bool = True) -> UnitReport:
+    """Unit-test and time one candidate (the source of a file defining `spec.class_name`) for one
+    OperatorSpec. Runs in a sandboxed child; never raises for anything the candidate does.
+    On a machine without a GPU the shapes are the small workload's, and nothing is timed.
+    require_kernel=False accepts a candidate that runs no kernel of its own (only to time the
+    baseline against itself: the stopwatch's fairness check)."""
+    from fastkernels.agent.validate import static_check
+    from fastkernels.registry.tasks import Workload, build_spec
+
+    gpu = cuda_present()
+    if not gpu and not spec.tiny:
+        # The Triton interpreter gets through the small workload in seconds, the full one never.
+        spec = build_spec(spec.level, spec.name, spec.model_id, spec.tiny, Workload.default(small=True))
+    label = f"{spec.key} {spec.class_name} candidate"
+    bad = static_check(code, spec.class_name, cuda_only=cuda_only)
+    if bad is not None:
+        return UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name,
+                          device="cuda" if gpu else "cpu", cuda_only=cuda_only, passed=False,
+                          kind="exception", error=f"{label}: {bad.error}")
+    if cuda_only and not gpu:
+        return UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name, device="cpu",
+                          cuda_only=True, passed=False, kind="exception",
+                          error=f"{label}: --cuda-only kernels need a CUDA GPU to run; this machine has none "
+                                "(drop --cuda-only to check Triton kernels under the interpreter)")
+    payload = {
+        "spec": spec.to_dict(), "level": spec.level, "name": spec.name, "code": code, "seeds": int(seeds),
+        "timing": bool(timing), "cuda_only": bool(cuda_only), "kernel_names": kernel_names(code),
+        "compile_baseline": bool(compile_baseline), "label": label, "require_kernel": bool(require_kernel),
+    }
+    job = run_job("fastkernels.bench.unit:_unit_job", payload, timeout=timeout, label=label)
+    if job.ok:
+        report = UnitReport.from_dict(job.value)
+        report.seconds = job.seconds
+        return report
+    return UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name,
+                      device="cuda" if gpu else "cpu", cuda_only=cuda_only, passed=False,
+                      error=job.error + _tail_hint(job), kind=job.kind, seconds=job.seconds)
+
+
+def _tail_hint(job) -> str:
+    lines = [ln for ln in job.stderr_tail.splitlines() if "candidate.py" in ln and ln.strip().startswith("File ")]
+    if not lines:
+        return ""
+    m = re.search(r"line (\d+)", lines[-1])
+    return f" (last candidate frame: line {m.group(1)} of the kernel file)" if m else ""
+
+
+# ---- the child side ------------------------------------------------------------------------
+
+class _Reject(Exception):
+    """A verdict about the candidate for one case (not a harness bug)."""
+
+
+def _spec_from_payload(payload):
+    from fastkernels.registry.tasks import build_spec
+
+    d = payload["spec"]
+    spec = build_spec(payload["level"], payload["name"], d["model_id"], d["tiny"])
+    spec.shapes = d["shapes"]
+    spec.init_args = d["init_args"]
+    spec.dtypes = tuple(d["dtypes"])
+    return spec
+
+
+class _Launches:
+    """Counts Triton kernel launches (compiled or interpreted) while the candidate runs."""
+
+    count = 0
+
+    @classmethod
+    def install(cls) -> None:
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+            from triton.runtime.jit import JITFunction
+        except ImportError:
+            return
+        for klass in (JITFunction, InterpretedFunction):
+            original = klass.run
+
+            def run(self, *args, _original=original, **kwargs):
+                if not kwargs.get("warmup"):
+                    cls.count += 1
+                return _original(self, *args, **kwargs)
+
+            klass.run = run
+
+
+def _flatten(obj, path="out"):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [(path, obj)]
+    if isinstance(obj, (tuple, list)):
+        out = []
+        for i, x in enumerate(obj):
+            out += _flatten(x, f"{path}[{i}]")
+        return out
+    return [(path, obj)]
+
+
+def _storage_span(t):
+    if t.numel() == 0:
+        return None
+    start = t.untyped_storage().data_ptr()
+    return (start, start + t.untyped_storage().nbytes())
+
+
+def _overlaps(a, b) -> bool:
+    return a is not None and b is not None and a[0] < b[1] and b[0] < a[1]
+
+
+def _poison(tensors) -> None:
+    """Overwrite tensors the harness is about to free, so their memory never holds a right answer."""
+    import torch
+
+    with torch.no_grad():
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.numel():
+                try:
+                    t.reshape(-1).view(torch.uint8).fill_(POISON_BYTE)
+                except RuntimeError:  # not viewable as bytes (non-contiguous): NaN or -1 element-wise
+                    t.fill_(float("nan") if t.is_floating_point() else -1)
+
+
+def _scrub_free_memory(device, nbytes: int) -> None:
+    """Fill memory the allocator will hand out next with 0xFF, so an output the candidate never
+    wrote reads as NaN rather than whatever the harness computed last."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        big = torch.empty(max(nbytes, 64 << 20), dtype=torch.uint8, device=device).fill_(POISON_BYTE)
+        small = [torch.empty(1 << 20, dtype=torch.uint8, device=device).fill_(POISON_BYTE) for _ in range(8)]
+        torch.cuda.synchronize()
+        del big, small
+    else:
+        junk = [torch.empty(n, dtype=torch.uint8).fill_(POISON_BYTE) for n in (nbytes, 1 << 16, 1 << 12, 1 << 10)]
+        del junk
+
+
+def _compare(path, cand, ref, expect, tol: Tolerance):
+    """Check one output tensor. Returns (max_abs, max_rel, skipped_near_constant)."""
+    import torch
+
+    if not isinstance(cand, torch.Tensor):
+        raise _Reject(f"{path} is a {type(cand).__name__}, the baseline returns a tensor")
+    if tuple(cand.shape) != tuple(expect.shape):
+        raise _Reject(f"{path} has shape {tuple(cand.shape)}, expected {tuple(expect.shape)}")
+    if cand.dtype != expect.dtype:
+        raise _Reject(f"{path} has dtype {str(cand.dtype).replace('torch.', '')}, expected "
+                      f"{str(expect.dtype).replace('torch.', '')}")
+    if cand.device.type != expect.device.type:
+        raise _Reject(f"{path} is on {cand.device}, expected {expect.device}")
+    strides = [s for s, n in zip(cand.stride(), cand.shape) if n > 1]
+    want = [s for s, n in zip(expect.stride(), expect.shape) if n > 1]
+    if strides != want:
+        raise _Reject(f"{path} has strides {tuple(cand.stride())}, the baseline's output has "
+                      f"{tuple(expect.stride())}: return the same memory layout (e.g. .contiguous())")
+    if not (cand.is_floating_point() or cand.is_complex()):
+        same = cand == ref.to(cand.dtype)
+        if not bool(same.all()):
+            n = int((~same).sum())
+            idx = tuple(int(i) for i in (~same).nonzero()[0])
+            raise _Reject(f"{path}: {n} of {cand.numel()} values differ (first at index {idx}: got "
+                          f"{cand[idx].item()}, expected {ref[idx].item()})")
+        return 0.0, 0.0, False
+    c, r = cand.detach().float(), ref.detach().float()
+    bad = ~torch.isfinite(c) & torch.isfinite(r)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise _Reject(f"{path} has {n} NaN/Inf value(s) where the reference is finite (first at index {idx}: "
+                      f"{c[idx].item()}); NaN is what an output element the kernel never wrote reads as here")
+    scale = float(r.pow(2).mean().sqrt())
+    err = (c - r).abs()
+    max_abs = float(err.max()) if err.numel() else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    near_constant = r.numel() > 1 and float(r.std()) <= 2 * tol.atol * scale
+    if near_constant:
+        return max_abs, max_rel, True
+    allowed = tol.atol * scale + tol.rtol * r.abs()
+    over = err > allowed
+    if bool(over.any()):
+        n = int(over.sum())
+        idx = tuple(int(i) for i in torch.unravel_index(torch.argmax(err - allowed), err.shape))
+        raise _Reject(f"{path}: {n} of {c.numel()} elements outside tolerance; max abs error {max_abs:.3g} "
+                      f"({max_rel:.3g} x the output's RMS {scale:.3g}); worst at index {idx}: got "
+                      f"{c[idx].item():.6g}, expected {r[idx].item():.6g} (allowed {float(allowed[idx]):.3g})")
+    return max_abs, max_rel, False
+
+
+def _to_fp32(inputs):
+    import torch
+
+    return tuple(x.detach().float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _candidate_frame(exc: BaseException) -> str:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("candidate.py")]
+    return f" (line {frames[-1].lineno} of the kernel file: `{(frames[-1].line or '').strip()}`)" if frames else ""
+
+
+def _check_case(spec, cls, shape, dtype, device, payload, cost):
+    """Correctness of one shape in one dtype. Returns a ShapeResult."""
+    import copy
+
+    import torch
+
+    from fastkernels.registry.tasks import build_baseline, build_inputs, dtype_of
+
+    dims = spec.shapes[shape]
+    result = ShapeResult(shape=shape, dtype=dtype, dims=dims, bound=spec.bound)
+    tol = TOLERANCES[dtype]
+    inplace = set(getattr(spec.task(), "INPLACE_INPUTS", ()))
+    baseline = build_baseline(spec, shape, dtype, device, seed=0)
+    reference = copy.deepcopy(baseline).float()
+    try:
+        cand = cls(**spec.init_args_for(shape))
+        cand = cand.to(device=device, dtype=dtype_of(dtype)).eval()
+        missing = [k for k in baseline.state_dict() if k not in cand.state_dict()]
+        if missing:
+            raise _Reject(f"the candidate has no parameter(s) {', '.join(missing)}; keep the baseline's "
+                          "parameter names so weights load by state dict")
+        cand.load_state_dict(baseline.state_dict(), strict=False)
+    except _Reject:
+        raise
+    except Exception as exc:
+        raise _Reject(f"building the candidate failed: {type(exc).__name__}: {exc}{_candidate_frame(exc)}") from None
+    out_bytes = 4 * sum(x.numel() * x.element_size() for x in build_inputs(spec, shape, dtype, device, 0)
+                        if isinstance(x, torch.Tensor))
+    previous_outputs = []  # kept alive: an output sharing their memory is a cached result
+    prev_inputs = None
+    plan = [("fresh", s) for s in range(payload["seeds"])] + [("small", payload["seeds"])] + [("refill", payload["seeds"] + 1)]
+    counted, skipped, worst_abs, worst_rel = 0, 0, 0.0, 0.0
+    for what, s in plan:
+        seed = 7919 * (s + 1) + 13
+        fresh = build_inputs(spec, shape, dtype, device, seed)
+        if what == "small":
+            if not any(isinstance(x, torch.Tensor) and x.is_floating_point() for x in fresh):
+                continue
+            fresh = tuple(x * SMALL_SCALE if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in fresh)
+        if what == "refill" and prev_inputs is not None:
+            with torch.no_grad():
+                for dst, src in zip(prev_inputs, fresh):
+                    if isinstance(dst, torch.Tensor):
+                        dst.copy_(src)
+            inputs = prev_inputs
+        else:
+            inputs = fresh
+        saved = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        _scrub_free_memory(device, out_bytes)
+        before = _Launches.count
+        try:
+            with torch.no_grad():
+                out = cand(*inputs)
+            _sync(device)
+        except Exception as exc:
+            if "CUDA error" in str(exc) or "illegal memory access" in str(exc):
+                raise  # the context is gone: the job ends, the sandbox reports it
+            raise _Reject(f"forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                          f"{_candidate_frame(exc)}") from None
+        launched = _Launches.count - before
+        flat = _flatten(out)
+        # Aliasing: an output sharing memory with an input, or with an earlier call's output.
+        for path, t in flat:
+            if not isinstance(t, torch.Tensor):
+                continue
+            span = _storage_span(t)
+            for i, x in enumerate(inputs):
+                if isinstance(x, torch.Tensor) and i not in inplace and _overlaps(span, _storage_span(x)):
+                    raise _Reject(f"{path} shares memory with input #{i}: the kernel returns its input or a "
+                                  "view of it instead of computing a new tensor")
+            for old in previous_outputs:
+                if _overlaps(span, _storage_span(old)):
+                    raise _Reject(f"{path} is the same memory as the output of an earlier call with different "
+                                  "inputs: the kernel returns a cached result instead of computing it")
+        for i, (x, keep) in enumerate(zip(inputs, saved)):
+            if isinstance(x, torch.Tensor) and i not in inplace and not torch.equal(x, keep):
+                raise _Reject(f"input #{i} was modified in place; the operator must leave its inputs unchanged")
+        if device.type == "cpu" and launched == 0 and payload["require_kernel"]:  # on a GPU the profiler check decides this
+            raise _Reject("no kernel of the candidate's own ran during forward (no Triton launch): the "
+                          "result came from PyTorch ops or the baseline, not from a kernel")
+        # Reference after the candidate, on fp32 copies; then the baseline in the case's dtype for the
+        # expected dtype, shape and layout.
+        with torch.no_grad():
+            ref = reference(*_to_fp32(inputs))
+            expect = baseline(*inputs)
+        _sync(device)
+        flat_ref, flat_exp = _flatten(ref), _flatten(expect)
+        if [p for p, _ in flat] != [p for p, _ in flat_exp]:
+            raise _Reject(f"returns {_structure(out)}, the baseline returns {_structure(expect)}")
+        any_counted = False
+        for (path, c), (_, r), (_, e) in zip(flat, flat_ref, flat_exp):
+            if not isinstance(e, torch.Tensor):
+                continue
+            try:
+                a, rel, constant = _compare(path, c, r, e, tol)
+            except _Reject as rej:
+                note = {"small": " [inputs scaled by 2**-9, where the epsilon matters: check eps]",
+                        "refill": " [same input tensors as the previous call, refilled with new values: "
+                                  "does the kernel cache results?]"}.get(what, "")
+                raise _Reject(f"{rej}{note}") from None
+            if not constant:
+                any_counted = True
+                worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, rel)
+        counted += any_counted
+        skipped += not any_counted
+        previous_outputs += [t for _, t in flat if isinstance(t, torch.Tensor)]
+        _poison([t for _, t in flat_ref] + [t for _, t in flat_exp])
+        del ref, expect
+        if what != "refill":
+            prev_inputs = inputs
+    if counted == 0:
+        raise _Reject("the reference output is near-constant on every input drawn: this shape cannot tell "
+                      "kernels apart (a task bug; report it)")
+    result.passed = True
+    result.samples = counted
+    result.max_abs_err, result.max_rel_err = worst_abs, worst_rel
+    result.reason = f"ok: {counted} inputs within {dtype} tolerance" + (
+        f" ({skipped} with a near-constant reference not counted)" if skipped else "")
+    return result
+
+
+def _structure(obj) -> str:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return "a tensor"
+    if isinstance(obj, (tuple, list)):
+        return f"a {type(obj).__name__} of {len(obj)}"
+    return f"a {type(obj).__name__}"
+
+
+def _profile_kernels(fn, args, workdir):
+    """Run fn(*args) under the profiler; the GPU kernels it launched as (name, stream), plus the
+    stream of a marker kernel launched just before it on the caller's stream."""
+    import json
+    import os
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        marker = torch.full((1,), 1.0, device="cuda")
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            fn(*args)
+        torch.cuda.synchronize()
+    path = os.path.join(workdir, "unit_trace.json")
+    prof.export_chrome_trace(path)
+    with open(path) as fh:
+        events = json.load(fh).get("traceEvents", [])
+    os.remove(path)
+    del marker
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e.get("ts", 0))
+    if not kernels:
+        return None, []
+    home = kernels[0].get("args", {}).get("stream")
+    return home, [(e.get("name", ""), e.get("args", {}).get("stream")) for e in kernels[1:]]
+
+
+_ALLOWED_FRAMEWORK = ("fill", "Fill", "memset", "Memset", "memcpy", "Memcpy")
+
+
+def _gpu_kernel_check(spec, cls, shape, dtype, device, payload):
+    """GPU only: from the profiler trace, the candidate's own kernel ran, every kernel ran on the
+    caller's stream, and with --cuda-only no framework compute kernel ran."""
+    import os
+
+    import torch
+
+    from fastkernels.registry.tasks import build_baseline, build_inputs, dtype_of
+
+    baseline = build_baseline(spec, shape, dtype, device, seed=0)
+    cand = cls(**spec.init_args_for(shape)).to(device=device, dtype=dtype_of(dtype)).eval()
+    cand.load_state_dict(baseline.state_dict(), strict=False)
+    inputs = build_inputs(spec, shape, dtype, device, 4242)
+    with torch.no_grad():
+        cand(*inputs)  # compile/autotune outside the trace
+    torch.cuda.synchronize()
+    before = _Launches.count
+    home, kernels = _profile_kernels(cand, inputs, os.getcwd())
+    launched = _Launches.count - before
+    names = payload["kernel_names"]
+    own = [k for k, _ in kernels if any(n in k for n in names)]
+    off_stream = sorted({k for k, s in kernels if home is not None and s != home})
+    if off_stream:
+        raise _Reject(f"kernel(s) ran on a stream other than the caller's ({', '.join(off_stream)[:200]}): work "
+                      "on a side stream escapes synchronisation and the timer; launch on the current stream")
+    if not own and launched == 0 and payload["require_kernel"]:
+        seen = ", ".join(sorted({k[:60] for k, _ in kernels})[:6]) or "none"
+        raise _Reject(f"the profiler saw no kernel of the candidate's own ({', '.join(names) or 'it defines none'}) "
+                      f"during forward; kernels that ran: {seen}. The result came from framework ops")
+    if payload["cuda_only"]:
+        framework = sorted({k for k, _ in kernels if k not in own and not any(a in k for a in _ALLOWED_FRAMEWORK)})
+        if framework:
+            raise _Reject(f"--cuda-only: framework compute kernel(s) ran during forward: "
+                          f"{'; '.join(x[:80] for x in framework[:4])}. Do all the computation in your CUDA kernel")
+
+
+def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings):
+    import copy
+
+    import torch
+
+    from fastkernels.bench.roofline import achieved
+    from fastkernels.bench.timing import bench_gpu
+    from fastkernels.registry.tasks import build_baseline, build_inputs, dtype_of
+
+    baseline = build_baseline(spec, shape, dtype, device, seed=0)
+    cand = cls(**spec.init_args_for(shape)).to(device=device, dtype=dtype_of(dtype)).eval()
+    cand.load_state_dict(baseline.state_dict(), strict=False)
+    sets = [build_inputs(spec, shape, dtype, device, 100 + i) for i in range(4)]
+    with torch.no_grad():
+        result.candidate_ms = bench_gpu(cand, sets).median_ms
+        result.baseline_eager_ms = bench_gpu(baseline, sets).median_ms
+        if payload.get("compile_baseline", True):
+            try:
+                compiled = torch.compile(copy.deepcopy(baseline), dynamic=False)
+                for args in sets[:2]:
+                    compiled(*args)
+                result.baseline_compile_ms = bench_gpu(compiled, sets).median_ms
+            except Exception as exc:  # noqa: BLE001 - a compile failure is a missing number, not a verdict
+                result.reason += f"; torch.compile baseline failed: {type(exc).__name__}"
+        # Same tensors, new values: a kernel that memoised by address during timing is caught here.
+        fresh = build_inputs(spec, shape, dtype, device, 999)
+        for dst, src in zip(sets[0], fresh):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        out = cand(*sets[0])
+        ref = copy.deepcopy(baseline).float()(*_to_fp32(sets[0]))
+        expect = baseline(*sets[0])
+    for (path, c), (_, r), (_, e) in zip(_flatten(out), _flatten(ref), _flatten(expect)):
+        if isinstance(e, torch.Tensor):
+            try:
+                _compare(path, c, r, e, TOLERANCES[dtype])
+            except _Reject as rej:
+                raise _Reject(f"after timing, new values in the same input tensors gave a wrong result "
+                              f"({rej}): the kernel caches results across calls") from None
+    result.speedup_vs_eager = result.baseline_eager_ms / result.candidate_ms if result.candidate_ms else None
+    if result.baseline_compile_ms and result.candidate_ms:
+        result.speedup_vs_compile = result.baseline_compile_ms / result.candidate_ms
+    roof = achieved(cost, result.candidate_ms, spec.bound, ceilings)
+    result.bytes_per_s, result.flops_per_s = roof["bytes_per_s"], roof["flops_per_s"]
+    result.roofline_fraction = roof["roofline_fraction"]
+
+
+def _unit_job(payload: dict) -> dict:
+    """Sandbox side of run_unit."""
+    import os
+
+    import torch
+
+    from fastkernels.bench import timing as timing_mod  # captures the timer functions first
+    from fastkernels.models.catalog import resolve
+    from fastkernels.registry.tasks import dtype_of, load_module
+
+    _Launches.install()
+    spec = _spec_from_payload(payload)
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    report = UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name,
+                        device=torch.cuda.get_device_name() if gpu else "cpu", cuda_only=payload["cuda_only"])
+    path = os.path.join(os.getcwd(), "candidate.py")
+    with open(path, "w") as fh:
+        fh.write(payload["code"])
+    module = load_module(path, name="fk_candidate")
+    cls = getattr(module, spec.class_name, None)
+    if not isinstance(cls, type):
+        report.error = f"{payload['label']}: the file defines no class {spec.class_name!r}"
+        return report.to_dict()
+    replaced = timing_mod.replaced_timers()
+    if replaced:
+        report.error = (f"{payload['label']}: importing the kernel replaced timing functions ({', '.join(replaced)}); "
+                        "a kernel must not touch the harness")
+        return report.to_dict()
+    config = resolve(spec.model_id, spec.tiny).hf_config()
+    task = spec.task()
+    for shape in spec.shapes:
+        for dtype in spec.dtypes:
+            try:
+                if gpu and dtype == spec.dtypes[0]:
+                    _gpu_kernel_check(spec, cls, shape, dtype, device, payload)
+                res = _check_case(spec, cls, shape, dtype, device, payload, None)
+            except _Reject as rej:
+                res = ShapeResult(shape=shape, dtype=dtype, dims=spec.shapes[shape], passed=False,
+                                  reason=str(rej), bound=spec.bound)
+            report.shapes.append(res)
+    report.passed = all(s.passed for s in report.shapes) and bool(report.shapes)
+    if not gpu:
+        report.timing_note = CPU_TIMING_NOTE
+    elif not payload["timing"]:
+        report.timing_note = "not timed (timing=False)"
+    elif not report.passed:
+        report.timing_note = "not timed: correctness failed"
+    else:
+        from fastkernels.bench.roofline import device_ceilings
+
+        report.ceilings = device_ceilings()
+        primary = spec.dtypes[0]
+        for res in report.shapes:
+            if res.dtype != primary:
+                continue
+            cost = task.cost(config, spec.shapes[res.shape], dtype_of(primary))
+            try:
+                _time_shape(spec, cls, res.shape, primary, device, payload, res, cost, report.ceilings)
+            except _Reject as rej:
+                res.passed, res.reason = False, str(rej)
+        report.timing_note = (f"do_bench medians, L2 flushed, 4 rotating input sets, {primary}; "
+                              f"roofline vs measured {'bf16 matmul' if spec.bound == 'compute' else 'copy bandwidth'}")
+        replaced = timing_mod.replaced_timers()
+        if replaced:
+            report.error = f"{payload['label']}: timing functions were replaced while it ran ({', '.join(replaced)})"
+        report.passed = all(s.passed for s in report.shapes) and not replaced
+    return report.to_dict()

@@ -1,0 +1,59 @@
+"""Jobs that misbehave in every way a child process can, for the sandbox's fault corpus."""
+
+import os
+import time
+
+
+def echo(payload):
+    return {"payload": payload, "cwd": os.getcwd(), "pgid_is_own": os.getpgid(0) == os.getpid(),
+            "env": sorted(os.environ), "interpret": os.environ.get("TRITON_INTERPRET")}
+
+
+def write_file(payload):
+    with open("scratch.txt", "w") as fh:
+        fh.write("x")
+    return os.getcwd()
+
+
+def raise_error(payload):
+    raise ValueError("bad shape for kernel")
+
+
+def hang(payload):
+    while True:
+        time.sleep(0.01)
+
+
+def hang_with_grandchild(payload):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.05)"])
+    with open(payload["pidfile"], "w") as fh:
+        fh.write(str(child.pid))
+    while True:
+        time.sleep(0.01)
+
+
+def segfault(payload):
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def abort(payload):
+    os.abort()
+
+
+def exit_quietly(payload):
+    os._exit(3)
+
+
+def exhaust_memory(payload):
+    blocks = []
+    while True:
+        blocks.append(bytearray(64 << 20))
+
+
+def unserialisable(payload):
+    return {"fn": echo}
