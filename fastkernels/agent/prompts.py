@@ -484,7 +484,7 @@ def extract_code(reply: str, class_name: str | None = None) -> str:
     codes = [c for c, _ in blocks]
     with_class = [i for i, c in enumerate(codes) if _defines_class(c, class_name)]
     if not with_class:
-        joined = "\n\n".join(codes)
+        joined = "\n\n\n".join(c.rstrip() for c in codes)
         if len(codes) > 1 and _defines_class(joined, class_name):
             return joined.rstrip() + "\n"
         return max(codes, key=len).rstrip() + "\n"
@@ -499,5 +499,5 @@ def extract_code(reply: str, class_name: str | None = None) -> str:
             if t is not None and _defined_names(t) & missing and not _defines_class(c, class_name):
                 helpers.append(c)
         if helpers:
-            chosen = "\n\n".join([*helpers, chosen])
+            chosen = "\n\n\n".join(c.rstrip() for c in [*helpers, chosen])
     return chosen.rstrip() + "\n"

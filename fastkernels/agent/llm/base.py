@@ -243,7 +243,8 @@ def status_failure(backend: str, status: int, error_type: str | None, message: s
                    retry_after: float | None, key_hint: str) -> Exception:
     """The exception an HTTP error status (or an error event inside a stream) turns into: a
     TransientError for what a retry may fix, AuthError/LLMError (one line) for what it cannot."""
-    what = f"{status} {error_type}" if error_type else str(status)
+    # status 0: an error event inside a 200 stream, named by its type alone
+    what = " ".join(x for x in (str(status) if status else "", error_type or "") if x) or "error"
     if status == 401 or error_type == "authentication_error":
         return AuthError(f"{backend}: the API key was refused ({what}: {message}); {key_hint}")
     if status == 403 or error_type == "permission_error":
