@@ -1,0 +1,578 @@
+"""End-to-end benchmark: patch the candidate kernels into the model, check every operator where it
+runs, measure token match and speedup against the baseline model.
+
+`run_benchmark(model_id, level, candidates)` runs the whole measurement in a sandboxed child (the
+candidates are untrusted code) and returns a typed `E2EReport`. In the child, the model is loaded
+once (real weights from disk, or seeded random ones: the report says which) and then:
+
+1. baseline, eager, in the model's dtype: greedy generation (timed: prefill latency, decode tok/s)
+   and teacher-forced logits over prompt + the baseline's own continuation;
+2. the noise floor: the same baseline with fp32 parameters, compared with (1) exactly as the
+   patched model will be. On random weights a deep model amplifies rounding chaotically (Llama-3.1-8B
+   bf16 vs fp32: 31% top-1 agreement), so a model-level figure means something only beside it;
+3. per candidate set: patch (fastkernels.registry.patching), shadow check at the prefill and at
+   decode steps (every patched operator also runs its baseline on clones of the same activations;
+   failures name operator and layer), then greedy generation and teacher-forced logits as in (1);
+4. on a GPU, the baseline compiled (HF generate with a static cache, which compiles its forward).
+
+Pass = shadow check passes, no NaN/Inf, and the mean relative logit error within NOISE_MULTIPLE of
+the noise floor's. When the patched run raises, hangs, crashes or produces NaN/Inf, the culprits are
+found by re-running subsets of the candidates in fresh sandboxed children (bisection) and reported
+(`blamed`: op -> reason), with a KernelBlamed event each. Shadow-check failures are blamed too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from fastkernels import events as ev
+from fastkernels.errors import UsageError
+
+# The patched model's mean relative logit error may be at most this multiple of the noise floor's
+# (bf16 vs fp32 baseline). Measured on Llama-3.1-8B shapes (H100, random weights, 512 tokens):
+# correct Liger kernels 0.063 against a floor of 0.44 (0.14x); dropped norm weight or eps x100
+# 1.06-1.37 (2.4x-3.1x). A subtly wrong kernel hides below the floor: the shadow check catches it.
+NOISE_MULTIPLE = 2.0
+# Below this relative logit error two models agree whatever the floor (the floor of a tiny model
+# in fp32 can be ~1e-7; a correct kernel that reorders a sum is not 2x that).
+ABS_ERROR_FLOOR = 1e-3
+SHADOW_DECODE_STEPS = 2
+CPU_TIMING_NOTE = "CPU run: timings are not meaningful (Triton kernels run under the interpreter)"
+
+
+@dataclass
+class Timing:
+    prefill_ms: float | None = None
+    decode_tok_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class E2EReport:
+    """What the end-to-end benchmark found; `to_dict()` is what goes to events and tracking."""
+
+    model_id: str
+    level: int
+    tiny: bool
+    candidates: list[str]
+    passed: bool = False
+    verdict: str = ""
+    weights: str = ""
+    device: str = ""
+    dtype: str = ""
+    prompt_len: int = 0
+    new_tokens: int = 0
+    batch: int = 1
+    seed: int = 0
+    shadow: dict | None = None  # patching.ShadowReport.to_dict()
+    token_match: float | None = None  # free-running greedy, patched vs baseline
+    token_match_noise: float | None = None  # the same, baseline fp32 vs baseline
+    top1_agreement: float | None = None  # teacher-forced, patched vs baseline
+    top1_agreement_noise: float | None = None
+    logit_rel_error: float | None = None  # mean over positions of |l - l_base| / |l_base|
+    logit_rel_error_noise: float | None = None
+    has_nan: bool = False
+    timings: dict[str, dict] = field(default_factory=dict)  # baseline_eager, baseline_compiled, patched
+    speedup_decode: float | None = None  # patched decode tok/s over the eager baseline's
+    speedup_prefill: float | None = None
+    blamed: dict[str, str] = field(default_factory=dict)  # candidate key -> reason
+    error: str | None = None  # why the patched run failed, if it did
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "E2EReport":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+# ---- the parent side ---------------------------------------------------------------------------
+
+def _defaults(tiny: bool, prompt_len, new_tokens) -> tuple[int, int]:
+    return (prompt_len or (8 if tiny else 128)), (new_tokens or (8 if tiny else 32))
+
+
+def _canonical(candidates, level: int) -> tuple[dict[str, str], dict[str, str]]:
+    """({"L1/op": code}, {"L1/op": the caller's key}) of the candidates, nothing imported."""
+    from fastkernels.registry.patching import find_candidates
+
+    if isinstance(candidates, Mapping):
+        codes, names = {}, {}
+        for key, value in candidates.items():
+            found = find_candidates({key: value}, level)
+            for canon, code in found.items():
+                codes[canon], names[canon] = code, str(key)
+        return codes, names
+    codes = find_candidates(candidates, level)
+    return codes, {k: k for k in codes}
+
+
+class _ProgressTail:
+    """Turns the child's progress file (JSON lines) into E2EProgress events while the job runs."""
+
+    def __init__(self, path: Path, sink: Callable) -> None:
+        self.path, self.sink, self.pos = path, sink, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fk-e2e-progress", daemon=True)
+
+    def _drain(self) -> None:
+        try:
+            with open(self.path) as fh:
+                fh.seek(self.pos)
+                for line in fh:
+                    if not line.endswith("\n"):
+                        break
+                    self.pos += len(line.encode())
+                    try:
+                        d = json.loads(line)
+                        self.sink(ev.E2EProgress(stage=d["stage"], done=d["done"], total=d["total"],
+                                                 detail=d.get("detail", "")))
+                    except (ValueError, KeyError):
+                        continue
+        except OSError:
+            return
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            self._drain()
+        self._drain()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _job(target: str, payload: dict, timeout: float, label: str, sink: Callable):
+    from fastkernels.bench.sandbox import run_job
+
+    with tempfile.TemporaryDirectory(prefix="fk-e2e-") as tmp:
+        progress = Path(tmp) / "progress.jsonl"
+        progress.touch()
+        payload = {**payload, "progress_file": str(progress)}
+        with _ProgressTail(progress, sink):
+            return run_job(target, payload, timeout=timeout, label=label)
+
+
+def _blame(payload: dict, keys: list[str], timeout: float, sink: Callable) -> dict[str, str]:
+    """Culprits among `keys` by bisection: a subset is bad when a short patched run of it raises,
+    hangs, crashes or produces NaN/Inf. Returns {key: reason}. A failure that needs several
+    kernels together blames the smallest group found failing."""
+    probes = [0]
+
+    def bad(subset: list[str]) -> str | None:
+        probes[0] += 1
+        sink(ev.E2EProgress(stage="blame", done=probes[0], total=2 * len(keys),
+                            detail=f"trying {', '.join(subset)}"))
+        job = _job("fastkernels.bench.e2e:_probe_job", {**payload, "only": subset}, timeout,
+                   f"blame probe ({', '.join(subset)})", sink)
+        if not job.ok:
+            return job.error
+        if job.value.get("nan"):
+            return f"produced NaN/Inf in the model's output ({job.value['nan']})"
+        return None
+
+    def search(group: list[str], reason: str) -> dict[str, str]:
+        if len(group) == 1:
+            return {group[0]: reason}
+        half = len(group) // 2
+        found: dict[str, str] = {}
+        for part in (group[:half], group[half:]):
+            why = bad(part)
+            if why:
+                found.update(search(part, why))
+        return found or {k: f"fails only together with {', '.join(x for x in group if x != k)}: {reason}"
+                         for k in group}
+
+    why = bad(keys)
+    return search(keys, why) if why else {}
+
+
+def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, tiny: bool = False,
+                   prompt_len: int | None = None, new_tokens: int | None = None, batch: int = 1,
+                   device: str | None = None, dtype: str | None = None, sink: Callable | None = None,
+                   seed: int = 0, timeout: float | None = None, compile_baseline: bool | None = None,
+                   blame: bool = True) -> dict[str, E2EReport]:
+    """Several candidate sets against one loaded model (one child job; the baseline and the noise
+    floor are measured once). candidate_sets: {name: directory or {op: code or path}}."""
+    from fastkernels.models.catalog import resolve
+    from fastkernels.registry.tasks import check_level
+
+    sink = sink or ev.null_sink
+    lvl = check_level(level)
+    entry = resolve(model, tiny)
+    prompt_len, new_tokens = _defaults(tiny, prompt_len, new_tokens)
+    if batch < 1 or prompt_len < 1 or new_tokens < 2:
+        raise UsageError("need --batch >= 1, --prompt-len >= 1 and --new-tokens >= 2")
+    sets, names = {}, {}
+    for set_name, cands in candidate_sets.items():
+        codes, keys = _canonical(cands, lvl)
+        if not codes:
+            where = cands if not isinstance(cands, Mapping) else "the candidates given"
+            raise UsageError(f"no candidate kernels for level {lvl} in {where} "
+                             f"(expected files like L{lvl}/<op>.py); nothing to benchmark")
+        sets[set_name], names[set_name] = codes, keys
+    base_payload = {"model": entry.model_id, "tiny": tiny, "level": lvl, "prompt_len": prompt_len,
+                    "new_tokens": new_tokens, "batch": batch, "device": device, "dtype": dtype or "bfloat16",
+                    "seed": seed, "compile_baseline": compile_baseline}
+    timeout = timeout or (600.0 if tiny else 1800.0)
+    start = time.monotonic()
+    job = _job("fastkernels.bench.e2e:_e2e_job", {**base_payload, "sets": sets}, timeout,
+               f"end-to-end run of {entry.display_name}", sink)
+    results: dict[str, dict] = {}
+    if job.ok:
+        results = job.value["sets"]
+    elif len(sets) > 1:  # which set broke it: run each on its own
+        for set_name, codes in sets.items():
+            one = _job("fastkernels.bench.e2e:_e2e_job", {**base_payload, "sets": {set_name: codes}}, timeout,
+                       f"end-to-end run of {entry.display_name} ({set_name})", sink)
+            results[set_name] = one.value["sets"][set_name] if one.ok else {"error": one.error}
+    else:
+        results = {next(iter(sets)): {"error": job.error}}
+    reports = {}
+    for set_name, codes in sets.items():
+        data = results.get(set_name) or {"error": "no result"}
+        report = E2EReport.from_dict({"model_id": entry.model_id, "level": lvl, "tiny": tiny,
+                                      "candidates": [names[set_name][k] for k in codes], **data})
+        report.model_id, report.level, report.tiny = entry.model_id, lvl, tiny
+        if report.shadow:
+            for op in report.shadow["ops"]:
+                if not op["passed"]:
+                    key = names[set_name].get(op["op"], op["op"])
+                    report.blamed[key] = "shadow check: " + "; ".join(op["failures"][:3])
+        if blame and (report.error or report.has_nan):
+            failing = [k for k in codes if names[set_name][k] not in report.blamed]
+            if failing:
+                sink(ev.E2EProgress(stage="blame", done=0, total=2 * len(failing), detail="bisecting the candidates"))
+                found = _blame({**base_payload, "sets": {set_name: codes}}, failing,
+                               timeout if not tiny else min(timeout, 300.0), sink)
+                for k, why in found.items():
+                    report.blamed[names[set_name][k]] = why
+        for op, why in report.blamed.items():
+            sink(ev.KernelBlamed(op=op, reason=why))
+        _judge(report)
+        report.seconds = time.monotonic() - start
+        sink(ev.E2EResult(passed=report.passed, report=report.to_dict()))
+        reports[set_name] = report
+    return reports
+
+
+def run_benchmark(model: str, level, candidates=None, *, tiny: bool = False, prompt_len: int | None = None,
+                  new_tokens: int | None = None, batch: int = 1, device: str | None = None,
+                  dtype: str | None = None, sink: Callable | None = None, seed: int = 0, tp: int = 1,
+                  timeout: float | None = None, compile_baseline: bool | None = None,
+                  blame: bool = True) -> E2EReport:
+    """Patch `candidates` (a directory laid out like tasks/candidate, default ./tasks/candidate, or
+    a dict {op or "L1/op": code or path}) into `model` at `level` and measure it against the
+    baseline model; see the module docstring. Runs in a sandboxed child; never raises for what the
+    candidates do (it is in the report)."""
+    if tp != 1:
+        raise UsageError("end-to-end runs are single-GPU for now: drop --tp")
+    if candidates is None:
+        candidates = Path.cwd() / "tasks" / "candidate"
+    reports = run_benchmarks(model, level, {"candidates": candidates}, tiny=tiny, prompt_len=prompt_len,
+                             new_tokens=new_tokens, batch=batch, device=device, dtype=dtype, sink=sink,
+                             seed=seed, timeout=timeout, compile_baseline=compile_baseline, blame=blame)
+    return reports["candidates"]
+
+
+def _judge(r: E2EReport) -> None:
+    """Set passed and the one-line verdict."""
+    reasons = []
+    if r.error:
+        reasons.append(f"the patched model failed: {r.error}")
+    if r.shadow is not None and not r.shadow["passed"]:
+        reasons.append("shadow check failed: " + "; ".join(r.shadow["failures"][:3]))
+    if r.has_nan:
+        reasons.append("NaN/Inf in the patched model's logits")
+    if r.logit_rel_error is not None and r.logit_rel_error_noise is not None:
+        limit = max(NOISE_MULTIPLE * r.logit_rel_error_noise, ABS_ERROR_FLOOR)
+        if not r.logit_rel_error <= limit:
+            reasons.append(f"logit error {r.logit_rel_error:.3g} above {NOISE_MULTIPLE:g}x the noise floor "
+                           f"({r.logit_rel_error_noise:.3g})")
+    elif not r.error:
+        reasons.append("no model-level measurement")
+    r.passed = not reasons
+    if r.passed:
+        speed = f", decode speedup {r.speedup_decode:.2f}x" if r.speedup_decode else ""
+        r.verdict = (f"pass: shadow check clean, logit error {r.logit_rel_error:.3g} vs noise floor "
+                     f"{r.logit_rel_error_noise:.3g}, token match {r.token_match:.0%}{speed}")
+    else:
+        r.verdict = "fail: " + "; ".join(reasons)
+    if r.blamed:
+        r.verdict += " | blamed: " + ", ".join(sorted(r.blamed))
+
+
+# ---- the child side ---------------------------------------------------------------------------
+
+class _Progress:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def __call__(self, stage: str, done: int, total: int, detail: str = "") -> None:
+        if self.path:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"stage": stage, "done": done, "total": total, "detail": detail}) + "\n")
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cache_kw(model) -> str:
+    from fastkernels.registry.patching import _cache_kwarg
+
+    return _cache_kwarg(type(model))
+
+
+def greedy(model, prompt, new_tokens: int):
+    """Greedy generation with HF's dynamic cache: (tokens [B, T], Timing, all_finite)."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    device = prompt.device
+    kw = _cache_kw(model)
+    cache = DynamicCache(config=model.config)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model(prompt, use_cache=True, logits_to_keep=1, **{kw: cache})
+        logits = out.logits[:, -1]
+        finite &= torch.isfinite(logits).all()
+        nxt = logits.argmax(-1, keepdim=True)
+        _sync(device)
+        t1 = time.perf_counter()
+        tokens = [nxt]
+        for _ in range(new_tokens - 1):
+            out = model(nxt, use_cache=True, **{kw: cache})
+            logits = out.logits[:, -1]
+            finite &= torch.isfinite(logits).all()
+            nxt = logits.argmax(-1, keepdim=True)
+            tokens.append(nxt)
+        _sync(device)
+        t2 = time.perf_counter()
+    steps = new_tokens - 1
+    timing = Timing(prefill_ms=(t1 - t0) * 1e3, decode_tok_s=prompt.shape[0] * steps / max(t2 - t1, 1e-9))
+    return torch.cat(tokens, dim=1), timing, bool(finite)
+
+
+def teacher_forced(model, seq):
+    import torch
+
+    with torch.no_grad():
+        return model(seq, use_cache=False).logits.float()
+
+
+def compare_logits(logits, ref) -> tuple[float, float]:
+    """(top-1 agreement, mean over positions of |logits - ref| / |ref|)."""
+    import torch
+
+    top1 = float((logits.argmax(-1) == ref.argmax(-1)).float().mean())
+    rel = (logits - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)
+    rel = torch.nan_to_num(rel, nan=float("inf"))
+    return top1, float(rel.mean())
+
+
+def _token_match(a, b) -> float:
+    return float((a == b).float().mean())
+
+
+def _params_to(model, dtype) -> None:
+    """Cast parameters only (rotary tables and other buffers keep their dtype: a round trip
+    bf16 -> fp32 -> bf16 of the parameters is exact)."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+
+
+def _compiled_timing(model, prompt, new_tokens: int) -> Timing:
+    """HF generate with a static cache (on a GPU it compiles the decoding forward): the second
+    call is timed, prefill included."""
+    import torch
+
+    device = prompt.device
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  cache_implementation="static", pad_token_id=0)
+    with torch.no_grad():
+        model.generate(prompt, **kwargs)  # compiles
+        _sync(device)
+        t0 = time.perf_counter()
+        model.generate(prompt, **kwargs)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    return Timing(decode_tok_s=prompt.shape[0] * new_tokens / seconds,
+                  note="HF generate, static cache, torch.compile'd forward; tok/s include the prefill")
+
+
+def _setup(payload: dict):
+    import torch
+
+    from fastkernels.models.catalog import resolve
+    from fastkernels.models.loading import load_model
+
+    device = payload.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, payload.get("dtype") or "bfloat16")
+    loaded = load_model(resolve(payload["model"], payload["tiny"]), dtype=dtype, device=device, seed=payload["seed"])
+    gen = torch.Generator(device="cpu").manual_seed(payload["seed"] + 1)
+    vocab = loaded.model.config.vocab_size
+    prompt = torch.randint(0, vocab, (payload["batch"], payload["prompt_len"]), generator=gen).to(loaded.device)
+    return loaded, prompt
+
+
+def _e2e_job(payload: dict) -> dict:
+    """The child: baseline, noise floor, then each candidate set (see the module docstring)."""
+    import torch
+
+    progress = _Progress(payload.get("progress_file"))
+    sets: dict[str, dict] = payload["sets"]
+    total = 3 + len(sets) * 3 + 1
+    step = 0
+
+    def tick(stage, detail=""):
+        nonlocal step
+        step += 1
+        progress(stage, step, total, detail)
+
+    torch.manual_seed(payload["seed"])
+    tick("load", f"loading {payload['model']}{' (tiny)' if payload['tiny'] else ''}")
+    loaded, prompt = _setup(payload)
+    model, device = loaded.model, loaded.device
+    new_tokens = payload["new_tokens"]
+    notes = []
+    if device.type != "cuda":
+        notes.append(CPU_TIMING_NOTE)
+
+    tick("baseline", "baseline: greedy generation and teacher-forced logits")
+    greedy(model, prompt, 2)  # warm-up: allocator, kernels' first launch
+    base_tokens, base_timing, base_finite = greedy(model, prompt, new_tokens)
+    seq = torch.cat([prompt, base_tokens], dim=1)
+    base_logits = teacher_forced(model, seq)
+    if not base_finite or not bool(torch.isfinite(base_logits).all()):
+        notes.append("the baseline itself produces NaN/Inf on these inputs")
+
+    tick("noise floor", "baseline with fp32 parameters")
+    _params_to(model, torch.float32)
+    try:
+        fp32_tokens, _, _ = greedy(model, prompt, new_tokens)
+        fp32_logits = teacher_forced(model, seq)
+    finally:
+        _params_to(model, loaded.dtype)
+    noise_top1, noise_err = compare_logits(base_logits, fp32_logits)
+    noise_match = _token_match(fp32_tokens, base_tokens)
+    del fp32_logits
+
+    common = {"weights": loaded.weights, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
+              "prompt_len": payload["prompt_len"], "new_tokens": new_tokens, "batch": payload["batch"],
+              "seed": payload["seed"], "token_match_noise": noise_match, "top1_agreement_noise": noise_top1,
+              "logit_rel_error_noise": noise_err}
+    timings_base = {"baseline_eager": asdict(base_timing)}
+    results = {}
+    for name, codes in sets.items():
+        result = {**common, "notes": list(notes), "timings": dict(timings_base)}
+        results[name] = result
+        tick("patch", f"{name}: binding {len(codes)} kernel(s)")
+        try:
+            _measure_set(model, name, codes, payload, prompt, seq, base_tokens, base_logits, base_timing, result, tick)
+        except Exception as exc:  # noqa: BLE001 - what a candidate raises is this set's result
+            text = f"{type(exc).__name__}: {exc}".strip()
+            if any(m in text for m in ("CUDA error", "illegal memory access", "device-side assert")):
+                raise  # the context is poisoned: the parent reruns each set in its own child
+            import traceback
+
+            result["error"] = text.splitlines()[0][:500]
+            result["notes"].append("traceback (last lines): " + " | ".join(
+                ln.strip() for ln in traceback.format_exc().strip().splitlines()[-6:]))
+
+    compile_baseline = payload.get("compile_baseline")
+    if compile_baseline is None:
+        compile_baseline = device.type == "cuda"
+    tick("compiled baseline", "HF generate with a static cache (torch.compile)" if compile_baseline else "skipped")
+    if compile_baseline:
+        try:
+            compiled = asdict(_compiled_timing(model, prompt, new_tokens))
+        except Exception as exc:  # noqa: BLE001 - a baseline that cannot compile is a note, not a failure
+            compiled = asdict(Timing(note=f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+        for result in results.values():
+            result["timings"]["baseline_compiled"] = compiled
+    return {"sets": results}
+
+
+def _measure_set(model, name, codes, payload, prompt, seq, base_tokens, base_logits, base_timing, result, tick):
+    """Patch one candidate set, shadow-check it, measure it, unpatch; fills `result`."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    from fastkernels.registry.patching import patch
+
+    handle = patch(model, codes, payload["level"], shadow=True, only=payload.get("only"))
+    result["notes"] += handle.notes
+    try:
+        tick("shadow check", f"{name}: every patched op beside its baseline, prefill and decode")
+        kw = _cache_kw(model)
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            with handle.shadowing("prefill"):
+                out = model(prompt, use_cache=True, **{kw: cache})
+            nxt = out.logits[:, -1:].argmax(-1)
+            for i in range(SHADOW_DECODE_STEPS):
+                with handle.shadowing(f"decode step {i + 1}"):
+                    out = model(nxt, use_cache=True, **{kw: cache})
+                nxt = out.logits[:, -1:].argmax(-1)
+        handle.shadow.enabled = False
+        result["shadow"] = handle.shadow_report().to_dict()
+
+        tick("patched", f"{name}: greedy generation and teacher-forced logits")
+        greedy(model, prompt, 2)  # warm-up: Triton compiles each kernel at its first launch
+        tokens, timing, finite = greedy(model, prompt, payload["new_tokens"])
+        logits = teacher_forced(model, seq)
+        finite = finite and bool(torch.isfinite(logits).all())
+        top1, err = compare_logits(logits, base_logits)
+        result.update(token_match=_token_match(tokens, base_tokens), top1_agreement=top1,
+                      logit_rel_error=err, has_nan=not finite)
+        result["timings"]["patched"] = asdict(timing)
+        if timing.decode_tok_s and base_timing.decode_tok_s:
+            result["speedup_decode"] = timing.decode_tok_s / base_timing.decode_tok_s
+        if timing.prefill_ms and base_timing.prefill_ms:
+            result["speedup_prefill"] = base_timing.prefill_ms / timing.prefill_ms
+    finally:
+        handle.unpatch()
+
+
+def _probe_job(payload: dict) -> dict:
+    """The child of one bisection probe: a short patched run of the subset `only` (prefill and
+    two decode steps, then a teacher-forced pass). Raises what the kernels raise."""
+    import torch
+
+    from fastkernels.registry.patching import patch
+
+    loaded, prompt = _setup(payload)
+    model = loaded.model
+    (codes,) = payload["sets"].values()
+    codes = {k: v for k, v in codes.items() if k in set(payload["only"])}
+    with patch(model, codes, payload["level"]):
+        tokens, _, finite = greedy(model, prompt, SHADOW_DECODE_STEPS + 1)
+        logits = teacher_forced(model, torch.cat([prompt, tokens], dim=1))
+    if not finite:
+        return {"nan": "during generation"}
+    if not bool(torch.isfinite(logits).all()):
+        return {"nan": "in teacher-forced logits"}
+    return {"nan": None}
+
+
+def default_candidates_dir() -> Path:
+    return Path(os.getcwd()) / "tasks" / "candidate"
