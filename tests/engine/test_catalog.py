@@ -168,3 +168,18 @@ def test_tiny_model_generates_greedily_on_cpu(family, tiny_models):
             assert torch.isfinite(logits).all()
             seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, seq), family
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_tiny_model_generates_in_bf16(family):
+    # bf16 is what `load_model` gives by default; recomputation can round differently from the
+    # cached decode here, so this checks that it runs and yields finite logits and valid ids.
+    loaded = load_model(resolve(MODEL_OF_FAMILY[family], tiny=True), seed=1)
+    model = loaded.model
+    model.generation_config.eos_token_id = None
+    prompt = torch.randint(3, 512, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    assert out.sequences.shape == (2, 8) and int(out.sequences.max()) < 512
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert len(out.logits) == 3 and all(torch.isfinite(step).all() for step in out.logits)
