@@ -217,11 +217,32 @@ def _cmd_mlflow_ui(args) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+# ---- bench ------------------------------------------------------------------------------------
+
+def _args_bench(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--candidates", default=None,
+                   help="directory laid out like tasks/candidate (L<level>/<op>.py); default ./tasks/candidate")
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 128; 8 with --tiny)")
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens to generate (default 32; 8 with --tiny)")
+    p.add_argument("--batch", type=int, default=1, help="sequences at once")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the prompt")
+    p.add_argument("--out", default=None, help="also write the report as JSON to this file")
+
+
+def _cmd_bench(args) -> int:
+    from fastkernels.bench.e2e import bench_command
+
+    return bench_command(args, console)
+
+
 # ---- dispatch ---------------------------------------------------------------------------------
 
 COMMANDS = {
     "list": ("list the operators of a model at a level", _args_list, _cmd_list),
     "agent": ("generate, validate and benchmark kernels for every operator of a model", _args_agent, _cmd_agent),
+    "bench": ("patch candidate kernels into the model: shadow check, token match, speedup", _args_bench, _cmd_bench),
     "history": ("past runs from the MLflow store: kernels passing, speedups, end to end", _args_history, _cmd_history),
     "mlflow-ui": ("serve the MLflow UI for the tracking store on 127.0.0.1", _args_mlflow_ui, _cmd_mlflow_ui),
 }

@@ -368,8 +368,26 @@ def greedy(model, prompt, new_tokens: int):
         _sync(device)
         t2 = time.perf_counter()
     steps = new_tokens - 1
-    timing = Timing(prefill_ms=(t1 - t0) * 1e3, decode_tok_s=prompt.shape[0] * steps / max(t2 - t1, 1e-9))
+    timing = Timing(prefill_ms=_prefill_ms(model, prompt, kw, first=(t1 - t0) * 1e3),
+                    decode_tok_s=prompt.shape[0] * steps / max(t2 - t1, 1e-9))
     return torch.cat(tokens, dim=1), timing, bool(finite)
+
+
+def _prefill_ms(model, prompt, kw: str, first: float, repeat: int = 2) -> float:
+    """Median of the generation's prefill and `repeat` more (a single prefill is noisy)."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    times = [first]
+    with torch.no_grad():
+        for _ in range(repeat):
+            cache = DynamicCache(config=model.config)
+            _sync(prompt.device)
+            t0 = time.perf_counter()
+            model(prompt, use_cache=True, logits_to_keep=1, **{kw: cache})
+            _sync(prompt.device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def teacher_forced(model, seq):
@@ -576,3 +594,89 @@ def _probe_job(payload: dict) -> dict:
 
 def default_candidates_dir() -> Path:
     return Path(os.getcwd()) / "tasks" / "candidate"
+
+
+# ---- presentation (the CLI's `fastkernels bench`) ------------------------------------------------
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _num(x, fmt=".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def report_renderables(r: E2EReport) -> list:
+    """Rich tables of a report: shadow check per operator, model-level figures beside the noise
+    floor, timings, blame and the verdict."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out = [Text(f"{r.model_id}{' (tiny)' if r.tiny else ''} · level {r.level} · {r.device} {r.dtype} · "
+                f"{r.weights} · batch {r.batch}, prompt {r.prompt_len}, {r.new_tokens} new tokens")]
+    if r.shadow:
+        t = Table(title="shadow check (each patched op beside its baseline, in the model)")
+        for col in ("operator", "calls", "sites", "max |err|", "mean |err|", "worst site", "worst/allowed", "result"):
+            t.add_column(col)
+        for op in r.shadow["ops"]:
+            t.add_row(op["op"], str(op["calls"]), str(op["sites"]), _num(op["max_abs"]), _num(op["mean_abs"]),
+                      op["worst_site"] or "-", _num(op["worst_ratio"], ".2f"),
+                      "[green]pass[/]" if op["passed"] else "[red]FAIL[/]")
+        out.append(t)
+        for f in r.shadow["failures"][:10]:
+            out.append(Text(f"  {f}", style="red"))
+    t = Table(title="model level (patched vs baseline, beside the baseline's own bf16-vs-fp32 noise floor)")
+    for col in ("figure", "patched", "noise floor"):
+        t.add_column(col)
+    t.add_row("greedy token match (free running)", _pct(r.token_match), _pct(r.token_match_noise))
+    t.add_row("top-1 agreement (teacher forced)", _pct(r.top1_agreement), _pct(r.top1_agreement_noise))
+    t.add_row("mean relative logit error", _num(r.logit_rel_error), _num(r.logit_rel_error_noise))
+    t.add_row("NaN/Inf in logits", "yes" if r.has_nan else "no", "")
+    out.append(t)
+    if r.timings:
+        t = Table(title="timing")
+        for col in ("model", "prefill ms", "decode tok/s", "note"):
+            t.add_column(col)
+        for name in ("baseline_eager", "baseline_compiled", "patched"):
+            tm = r.timings.get(name)
+            if tm:
+                t.add_row(name.replace("_", " "), _num(tm.get("prefill_ms"), ".1f"), _num(tm.get("decode_tok_s"), ".1f"),
+                          tm.get("note", ""))
+        out.append(t)
+        out.append(Text(f"speedup vs eager baseline: decode {_num(r.speedup_decode, '.2f')}x, "
+                        f"prefill {_num(r.speedup_prefill, '.2f')}x"))
+    for op, why in r.blamed.items():
+        out.append(Text(f"blamed {op}: {why}", style="red"))
+    if r.error:
+        out.append(Text(f"error: {r.error}", style="red"))
+    for note in r.notes:
+        out.append(Text(f"note: {note}", style="dim"))
+    out.append(Text(r.verdict, style="bold green" if r.passed else "bold red"))
+    return out
+
+
+def bench_command(args, console) -> int:
+    """`fastkernels bench`: run, print, optionally write the JSON report; 0 pass, 1 fail."""
+    candidates = Path(args.candidates) if args.candidates else default_candidates_dir()
+    if not candidates.is_dir():
+        raise UsageError(f"no candidate directory at {candidates}: run `fastkernels agent` first or pass "
+                         "--candidates DIR (laid out like tasks/candidate: L<level>/<op>.py)")
+    from rich.markup import escape
+
+    lock = threading.Lock()
+
+    def sink(event) -> None:
+        if isinstance(event, ev.E2EProgress):
+            with lock:
+                console.print(f"[dim]{escape(f'[{event.stage} {event.done}/{event.total}]')}[/] {escape(event.detail)}")
+
+    report = run_benchmark(args.model, args.level, candidates, tiny=args.tiny, prompt_len=args.prompt_len,
+                           new_tokens=args.new_tokens, batch=args.batch, device=args.device, seed=args.seed,
+                           sink=sink)
+    for item in report_renderables(report):
+        console.print(item)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report.to_dict(), indent=2))
+        console.print(f"report written to {args.out}")
+    return 0 if report.passed else 1
