@@ -60,10 +60,15 @@ DEFAULT_DEVICE = AssumedDevice()
 
 
 def _ceilings(device: Any) -> tuple[str, float, float, str]:
-    """(name, bytes/s, bf16 FLOP/s, provenance) of a DeviceInfo-like object: `name`,
-    `copy_bandwidth` (bytes/s), `bf16_flops` (FLOP/s), optionally `measured: bool`."""
+    """(name, bytes/s, bf16 FLOP/s, provenance) of the device: the dict that
+    bench.roofline.device_ceilings() returns, or an object with `name`, `copy_bandwidth` (bytes/s),
+    `bf16_flops` (FLOP/s) and optionally `measured: bool`."""
     if device is None:
         device = DEFAULT_DEVICE
+    if isinstance(device, dict):  # bench.roofline.device_ceilings(): measured on this GPU
+        device = AssumedDevice(name=str(device.get("gpu") or "unknown GPU"),
+                               copy_bandwidth=float(device.get("copy_bytes_per_s") or 0),
+                               bf16_flops=float(device.get("bf16_flops_per_s") or 0), measured=True)
     name = str(getattr(device, "name", "unknown GPU"))
     bw = float(getattr(device, "copy_bandwidth", 0) or 0)
     flops = float(getattr(device, "bf16_flops", 0) or 0)
@@ -314,8 +319,9 @@ def build_system_prompt(cuda_only: bool) -> str:
 
 def build_generation_prompt(op: "OperatorSpec", cuda_only: bool = False, *, steering: str | None = None,
                             device: Any = None, example: str | None = None) -> Prompt:
-    """The prompt for a first attempt at `op`. `device` is a DeviceInfo-like object (name,
-    copy_bandwidth bytes/s, bf16_flops FLOP/s); unknown -> H100 figures labelled as assumed.
+    """The prompt for a first attempt at `op`. `device` is the dict of bench.roofline.device_ceilings()
+    or an object with name, copy_bandwidth (bytes/s), bf16_flops (FLOP/s); None -> H100 datasheet
+    figures, labelled as assumed.
     `example` is a kernel file to show as an exemplar of the expected structure (Triton path)."""
     return Prompt(build_system_prompt(cuda_only), _user_prompt(op, cuda_only, steering, device, example))
 
@@ -484,9 +490,6 @@ def extract_code(reply: str, class_name: str | None = None) -> str:
     codes = [c for c, _ in blocks]
     with_class = [i for i, c in enumerate(codes) if _defines_class(c, class_name)]
     if not with_class:
-        joined = "\n\n\n".join(c.rstrip() for c in codes)
-        if len(codes) > 1 and _defines_class(joined, class_name):
-            return joined.rstrip() + "\n"
         return max(codes, key=len).rstrip() + "\n"
     pick = with_class[-1]
     chosen = codes[pick]

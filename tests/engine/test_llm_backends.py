@@ -318,10 +318,12 @@ def test_error_event_inside_stream_is_retried(wire):
 
 
 def test_read_timeout_is_retried(wire):
-    wire.server.steps = [("stream", REPLY, "stall", 1.0), full()]
-    completion, seen = run(wire.make(timeout=0.3))
-    assert completion.text == REPLY and completion.retries == 1
-    assert len(seen.notices) == 1
+    # A 0.5 s read timeout against a 1.5 s stall. Spare replies follow: on a loaded CI machine a
+    # healthy reply can also miss 0.5 s once, which is the behaviour under test as well.
+    wire.server.steps = [("stream", REPLY, "stall", 1.5), full(), full(), full()]
+    completion, seen = run(wire.make(timeout=0.5))
+    assert completion.text == REPLY and completion.retries >= 1
+    assert "timed out" in seen.notices[0].reason.lower()
 
 
 def test_reply_without_code_is_a_code_extraction_error(wire):
@@ -335,9 +337,10 @@ def test_reply_without_code_is_a_code_extraction_error(wire):
 def test_invalid_key_fails_fast_with_one_line(wire):
     code, etype, msg = wire.auth
     wire.server.steps = [status(code, etype, msg)] + [full()] * 3
+    backend = wire.make(backoff_base=5.0)  # a retry would sleep >= 2.5 s
     t0 = time.monotonic()
     with pytest.raises(AuthError) as info:
-        run(wire.make())
+        run(backend)
     assert time.monotonic() - t0 < 2.0
     assert len(wire.server.requests) == 1  # never retried
     text = str(info.value)
@@ -360,6 +363,14 @@ def test_bad_request_is_not_retried(wire):
         run(wire.make())
     assert len(wire.server.requests) == 1 and info.value.fatal
     assert "max_tokens: too large" in str(info.value)
+
+
+def test_plain_string_prompt_is_the_user_message(wire):
+    wire.server.steps = [full()]
+    completion = wire.make().generate("Write SiluAndMul.", lambda t: None, op=OP, attempt=1)
+    assert completion.text == REPLY
+    assert wire.server.requests[0]["body"]["messages"] == [{"role": "user", "content": "Write SiluAndMul."}]
+    assert "system" not in wire.server.requests[0]["body"]
 
 
 def test_listener_exception_stops_generation_without_retry(wire):
@@ -417,7 +428,7 @@ def test_model_forms_pick_backends(monkeypatch, tmp_path):
     assert get_backend("library").label == "library (verified kernels, not generated)"
     assert get_backend(f"replay:{tmp_path}").name == "replay"
     assert isinstance(get_backend("library", record_to=tmp_path / "rec"), RecordingBackend)
-    for bad in ("gpt-4", "", "replay:"):
+    for bad in ("gpt-4", "", "replay:", "anthropic:", "openai:"):
         with pytest.raises(UsageError):
             get_backend(bad)
     with pytest.raises(UsageError, match="no such folder"):

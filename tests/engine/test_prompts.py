@@ -66,6 +66,14 @@ def test_steering_device_and_example(rms):
     assert "exemplar marker 1234" in p.user
 
 
+def test_measured_ceilings_dict_from_the_roofline(rms):
+    ceilings = {"gpu": "NVIDIA H100 80GB HBM3", "copy_bytes_per_s": 2.9e12, "bf16_flops_per_s": 7.5e14}
+    p = build_generation_prompt(rms, False, device=ceilings)
+    assert "NVIDIA H100 80GB HBM3: copy bandwidth 2.90 TB/s, bf16 tensor cores 750 TFLOP/s (measured" in p.user
+    # 67117056 bytes / 2.9e12 B/s = 23.1 us
+    assert "roofline floor 23.1 us" in p.user
+
+
 def test_cuda_only_rules(rms):
     p = build_generation_prompt(rms, True)
     assert "raw CUDA" in p.system

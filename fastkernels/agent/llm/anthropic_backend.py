@@ -20,6 +20,7 @@ from fastkernels.agent.llm.base import (
     TransientError,
     one_line,
     retry_after_of,
+    split_prompt,
     status_failure,
     stream_with_retries,
     transport_failure,
@@ -51,6 +52,8 @@ class AnthropicBackend:
         self.policy = RetryPolicy.from_opts(opts)
         if opts:
             raise TypeError(f"unknown options for the anthropic backend: {', '.join(sorted(opts))}")
+        if not model:
+            raise UsageError(f"--llm-model anthropic:<model> needs a model name, e.g. {DEFAULT_MODEL}")
         key = api_key or os.environ.get(KEY_ENV)
         if not key:
             raise UsageError(f"--llm-model {model} needs {KEY_ENV} set; for offline use pass --llm-model library")
@@ -78,14 +81,17 @@ class AnthropicBackend:
 
     def _one_try(self, prompt, state: StreamState) -> None:
         sdk = self._sdk
+        system, user = split_prompt(prompt)
+        params = dict(self.extra_params)
+        if system:
+            params["system"] = system
         try:
             stream = self._client.messages.create(
                 model=self.model,
                 max_tokens=self.max_tokens,
-                system=prompt.system,
-                messages=[{"role": "user", "content": prompt.user}],
+                messages=[{"role": "user", "content": user}],
                 stream=True,
-                **self.extra_params,
+                **params,
             )
             with stream:
                 for event in stream:

@@ -212,6 +212,15 @@ def stream_with_retries(
     raise LLMError(f"{backend}: gave up after {max_tries} tries, last: {last_reason}; try again later")
 
 
+def split_prompt(prompt) -> tuple[str, str]:
+    """(system, user) of a Prompt, or ("", text) of a plain string."""
+    if prompt is None:
+        return "", ""
+    if isinstance(prompt, str):
+        return "", prompt
+    return getattr(prompt, "system", "") or "", getattr(prompt, "user", "") or ""
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """A server's error message squeezed onto one line."""
     s = " ".join(str(text).split())

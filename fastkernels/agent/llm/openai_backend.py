@@ -21,6 +21,7 @@ from fastkernels.agent.llm.base import (
     TransientError,
     one_line,
     retry_after_of,
+    split_prompt,
     status_failure,
     stream_with_retries,
     transport_failure,
@@ -92,12 +93,14 @@ class OpenAIBackend:
     def _one_try(self, prompt, state: StreamState) -> None:
         sdk = self._sdk
         params = dict(self.params)
+        system, user = split_prompt(prompt)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         if self._include_usage:
             params["stream_options"] = {"include_usage": True}
         try:
             stream = self._client.chat.completions.create(
                 model=self.model,
-                messages=[{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}],
+                messages=messages,
                 stream=True,
                 **params,
             )

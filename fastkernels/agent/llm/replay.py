@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastkernels.agent.llm.base import Completion, LLMError, RetryCallback, TextCallback
+from fastkernels.agent.llm.base import Completion, LLMError, RetryCallback, TextCallback, split_prompt
 from fastkernels.errors import UsageError
 
 _ATTEMPT_FILE = re.compile(r"^(\d+)\.md$")
@@ -83,7 +83,7 @@ class ReplayBackend:
         stream_text(text, on_text, self.chunk_chars, self.chunk_delay)
         return Completion(
             text=text,
-            input_tokens=approx_tokens(prompt.system + prompt.user) if prompt is not None else 0,
+            input_tokens=approx_tokens("".join(split_prompt(prompt))),
             output_tokens=approx_tokens(text),
             seconds=time.monotonic() - start,
             model=f"replay:{path.relative_to(self.directory)}",
@@ -118,6 +118,6 @@ class RecordingBackend:
         folder = self.directory / op.name
         _write_atomic(folder / f"{attempt}.md", completion.text)
         if prompt is not None:
-            _write_atomic(folder / f"{attempt}.prompt.md",
-                          f"# system\n\n{prompt.system}\n\n# user\n\n{prompt.user}\n")
+            system, user = split_prompt(prompt)
+            _write_atomic(folder / f"{attempt}.prompt.md", f"# system\n\n{system}\n\n# user\n\n{user}\n")
         return completion
