@@ -14,6 +14,7 @@ send back to the LLM) when there is none.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import textwrap
 from dataclasses import dataclass
@@ -167,7 +168,8 @@ def _describe(value: Any) -> str:
 @lru_cache(maxsize=256)
 def _io_lines(level: int, name: str, model_id: str, tiny: bool, shape_name: str, shape_key: str, dtype: str) -> str:
     """'inputs -> outputs' of one shape, from the task's own make_inputs and the baseline forward
-    run on fake tensors (no memory, no compute). '' when the task cannot be traced that way."""
+    run on fake tensors (no memory, no compute). Raises when the task cannot be traced that way
+    (data-dependent control flow, as in MoE routing); the caller then shows the dims alone."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -176,8 +178,6 @@ def _io_lines(level: int, name: str, model_id: str, tiny: bool, shape_name: str,
 
     task = load_task(level, name)
     config = resolve(model_id, tiny).hf_config()
-    import json
-
     shape = json.loads(shape_key)
     init = {**task.init_args(config), **shape.get("init", {})}
     torch_dtype = dtype_of(dtype)
@@ -196,8 +196,6 @@ def _io_lines(level: int, name: str, model_id: str, tiny: bool, shape_name: str,
 
 
 def _shape_section(op: "OperatorSpec", device: Any) -> str:
-    import json
-
     name, bw, flops, _ = _ceilings(device)
     lines = []
     try:
@@ -359,6 +357,24 @@ def _user_prompt(op: "OperatorSpec", cuda_only: bool, steering: str | None, devi
         parts.append(f"## Note from the engineer reviewing your work (follow it)\n\n{steering.strip()}")
     parts.append("## Reply format\n\n" + OUTPUT_FORMAT)
     return "\n\n".join(parts) + "\n"
+
+
+STYLE_EXEMPLAR = (1, "rms_norm")  # the library kernel that shows the house style when an op has none
+
+
+def library_example(op: "OperatorSpec", cuda_only: bool = False) -> str | None:
+    """An exemplar for `example=`: the op's own library kernel, else the library RMSNorm (structure,
+    launch heuristics, comments with numbers). None for --cuda-only, where a Triton file would
+    mislead, and when the library has neither."""
+    if cuda_only:
+        return None
+    from fastkernels.registry.tasks import library_dir
+
+    for level, name in ((op.level, op.name), STYLE_EXEMPLAR):
+        path = library_dir(level) / f"{name}.py"
+        if path.is_file():
+            return path.read_text()
+    return None
 
 
 MAX_ERROR_CHARS = 8000

@@ -16,6 +16,7 @@ from fastkernels.agent.prompts import (
     build_generation_prompt,
     build_retry_prompt,
     extract_code,
+    library_example,
 )
 from fastkernels.registry.tasks import build_spec
 
@@ -72,6 +73,19 @@ def test_measured_ceilings_dict_from_the_roofline(rms):
     assert "NVIDIA H100 80GB HBM3: copy bandwidth 2.90 TB/s, bf16 tensor cores 750 TFLOP/s (measured" in p.user
     # 67117056 bytes / 2.9e12 B/s = 23.1 us
     assert "roofline floor 23.1 us" in p.user
+
+
+def test_library_example_picks_own_kernel_then_house_style(rms, attention, tmp_path, monkeypatch):
+    root = tmp_path / "tasks"
+    (root / "library" / "L1").mkdir(parents=True)
+    monkeypatch.setenv("FASTKERNELS_TASKS", str(root))
+    assert library_example(rms) is None  # an empty library
+    (root / "library" / "L1" / "rms_norm.py").write_text("# rms kernel\n")
+    assert library_example(rms) == "# rms kernel\n"
+    assert library_example(attention) == "# rms kernel\n"  # no attention kernel: the house style
+    (root / "library" / "L1" / "attention.py").write_text("# attention kernel\n")
+    assert library_example(attention) == "# attention kernel\n"
+    assert library_example(attention, cuda_only=True) is None
 
 
 def test_cuda_only_rules(rms):
