@@ -18,7 +18,9 @@ from fastkernels.errors import UsageError
 #: Kernel statuses that count as passing (proven correct; "valid" only means it imported).
 PASSING = frozenset({"correct", "approved", "passed"})
 _KERNEL_TAG = re.compile(r"^kernel\.(?P<op>.+)\.(?P<field>level|attempt|backend|status|artifact|error)$")
-_OP_METRIC = re.compile(r"^op\.(?P<op>.+)\.(?P<field>correct|speedup|speedup_compile)$")
+# `op.{op}.speedup` (tracker.log_unit) or a plain `{op}.speedup` logged through log_metrics.
+_OP_METRIC = re.compile(r"^(?:op\.(?P<op>.+)|(?P<plain>[^.]+))\.(?P<field>correct|speedup|speedup_compile)$")
+_NOT_OPS = frozenset({"e2e", "unit"})
 _RUN_ID = re.compile(r"^[0-9a-f]{4,32}$")
 
 
@@ -147,8 +149,8 @@ def _kernels(runs: list) -> dict[str, KernelRecord]:
                 setattr(rec, f, int(value) if f in ("level", "attempt") and value.lstrip("-").isdigit() else value)
                 rec.run_id = run.info.run_id
         for key, value in run.data.metrics.items():
-            if m := _OP_METRIC.match(key):
-                rec = ops.setdefault(m["op"], KernelRecord(op=m["op"], run_id=run.info.run_id))
+            if (m := _OP_METRIC.match(key)) and (op := m["op"] or m["plain"]) not in _NOT_OPS:
+                rec = ops.setdefault(op, KernelRecord(op=op, run_id=run.info.run_id))
                 setattr(rec, m["field"], bool(value) if m["field"] == "correct" else float(value))
     return ops
 
