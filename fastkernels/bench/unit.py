@@ -223,6 +223,7 @@ class _Launches:
     """Counts Triton kernel launches (compiled or interpreted) while the candidate runs."""
 
     count = 0
+    originals: dict = {}
 
     @classmethod
     def install(cls) -> None:
@@ -232,7 +233,7 @@ class _Launches:
         except ImportError:
             return
         for klass in (JITFunction, InterpretedFunction):
-            original = klass.run
+            original = cls.originals.setdefault(klass, klass.run)
 
             def run(self, *args, _original=original, **kwargs):
                 if not kwargs.get("warmup"):
@@ -240,6 +241,12 @@ class _Launches:
                 return _original(self, *args, **kwargs)
 
             klass.run = run
+
+    @classmethod
+    def uninstall(cls) -> None:
+        """Put the launchers back (before timing: the counter costs a Python call per launch)."""
+        for klass, original in cls.originals.items():
+            klass.run = original
 
 
 def _flatten(obj, path="out"):
@@ -279,21 +286,26 @@ def _poison(tensors) -> None:
                     t.fill_(float("nan") if t.is_floating_point() else -1)
 
 
-def _scrub_free_memory(device, nbytes: int) -> None:
+def _scrub_free_memory(device, sizes: list[int]) -> None:
     """Fill memory the allocator will hand out next with 0xFF, so an output the candidate never
-    wrote reads as NaN rather than whatever the harness computed last."""
+    wrote reads as NaN rather than whatever the harness computed last. `sizes`: byte sizes the
+    candidate is likely to allocate (those of its inputs): freed blocks of the same size are reused
+    first, by the CUDA caching allocator and by malloc alike."""
     import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        big = torch.empty(max(nbytes, 64 << 20), dtype=torch.uint8, device=device).fill_(POISON_BYTE)
-        small = [torch.empty(1 << 20, dtype=torch.uint8, device=device).fill_(POISON_BYTE) for _ in range(8)]
+    blocks = [torch.empty(max(sum(sizes), 64 << 20 if device.type == "cuda" else 1 << 20), dtype=torch.uint8,
+                          device=device)]
+    blocks += [torch.empty(n, dtype=torch.uint8, device=device) for n in sizes for _ in range(4)]
+    if device.type == "cuda":
+        blocks += [torch.empty(1 << 20, dtype=torch.uint8, device=device) for _ in range(8)]
+    for b in blocks:
+        b.fill_(POISON_BYTE)
+    if device.type == "cuda":
         torch.cuda.synchronize()
-        del big, small
-    else:
-        junk = [torch.empty(n, dtype=torch.uint8).fill_(POISON_BYTE) for n in (nbytes, 1 << 16, 1 << 12, 1 << 10)]
-        del junk
+    del blocks
 
 
 def _compare(path, cand, ref, expect, tol: Tolerance):
@@ -341,9 +353,10 @@ def _compare(path, cand, ref, expect, tol: Tolerance):
     if bool(over.any()):
         n = int(over.sum())
         idx = tuple(int(i) for i in torch.unravel_index(torch.argmax(err - allowed), err.shape))
+        garbage = " (values this far off are garbage: elements the kernel never wrote?)" if max_rel > 1e3 else ""
         raise _Reject(f"{path}: {n} of {c.numel()} elements outside tolerance; max abs error {max_abs:.3g} "
                       f"({max_rel:.3g} x the output's RMS {scale:.3g}); worst at index {idx}: got "
-                      f"{c[idx].item():.6g}, expected {r[idx].item():.6g} (allowed {float(allowed[idx]):.3g})")
+                      f"{c[idx].item():.6g}, expected {r[idx].item():.6g} (allowed {float(allowed[idx]):.3g}){garbage}")
     return max_abs, max_rel, False
 
 
@@ -393,8 +406,8 @@ def _check_case(spec, cls, shape, dtype, device, payload, cost):
         raise
     except Exception as exc:
         raise _Reject(f"building the candidate failed: {type(exc).__name__}: {exc}{_candidate_frame(exc)}") from None
-    out_bytes = 4 * sum(x.numel() * x.element_size() for x in build_inputs(spec, shape, dtype, device, 0)
-                        if isinstance(x, torch.Tensor))
+    sizes = sorted({x.numel() * x.element_size() for x in build_inputs(spec, shape, dtype, device, 0)
+                    if isinstance(x, torch.Tensor)})
     previous_outputs = []  # kept alive: an output sharing their memory is a cached result
     prev_inputs = None
     plan = [("fresh", s) for s in range(payload["seeds"])] + [("small", payload["seeds"])] + [("refill", payload["seeds"] + 1)]
@@ -415,7 +428,7 @@ def _check_case(spec, cls, shape, dtype, device, payload, cost):
         else:
             inputs = fresh
         saved = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
-        _scrub_free_memory(device, out_bytes)
+        _scrub_free_memory(device, sizes)
         before = _Launches.count
         try:
             with torch.no_grad():
@@ -507,6 +520,7 @@ def _profile_kernels(fn, args, workdir):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         marker = torch.full((1,), 1.0, device="cuda")
         torch.cuda.synchronize()
@@ -663,6 +677,7 @@ def _unit_job(payload: dict) -> dict:
     else:
         from fastkernels.bench.roofline import device_ceilings
 
+        _Launches.uninstall()
         report.ceilings = device_ceilings()
         primary = spec.dtypes[0]
         for res in report.shapes:
