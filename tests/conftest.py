@@ -5,6 +5,9 @@ import pytest
 # Kernels run under the Triton interpreter on CPU machines (the suite never needs a GPU).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests never write runs into the user's MLflow store (and skip MLflow's ~2-10 s startup); the
+# tracking tests point the tracker at a temporary store and turn it back on.
+os.environ.setdefault("FASTKERNELS_TRACKING", "0")
 
 
 @pytest.fixture(autouse=True)
