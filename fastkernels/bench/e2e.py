@@ -166,38 +166,37 @@ def _job(target: str, payload: dict, timeout: float, label: str, sink: Callable)
             return run_job(target, payload, timeout=timeout, label=label)
 
 
-def _blame(payload: dict, keys: list[str], timeout: float, sink: Callable) -> dict[str, str]:
-    """Culprits among `keys` by bisection: a subset is bad when a short patched run of it raises,
-    hangs, crashes or produces NaN/Inf. Returns {key: reason}. A failure that needs several
-    kernels together blames the smallest group found failing."""
+def _blame(payload: dict, keys: list[str], timeout: float, sink: Callable, reason: str) -> dict[str, str]:
+    """Culprits among `keys` (which together failed with `reason`) by bisection: a subset is bad
+    when a short patched run of it, in a fresh child, raises, hangs, crashes or produces NaN/Inf.
+    Returns {key: reason}. A failure that needs several kernels together blames that group."""
     probes = [0]
 
     def bad(subset: list[str]) -> str | None:
         probes[0] += 1
         sink(ev.E2EProgress(stage="blame", done=probes[0], total=2 * len(keys),
-                            detail=f"trying {', '.join(subset)}"))
+                            detail=f"trying {', '.join(subset) or 'the baseline alone'}"))
         job = _job("fastkernels.bench.e2e:_probe_job", {**payload, "only": subset}, timeout,
-                   f"blame probe ({', '.join(subset)})", sink)
+                   f"blame probe ({', '.join(subset) or 'baseline'})", sink)
         if not job.ok:
             return job.error
         if job.value.get("nan"):
             return f"produced NaN/Inf in the model's output ({job.value['nan']})"
         return None
 
-    def search(group: list[str], reason: str) -> dict[str, str]:
+    def search(group: list[str], why: str) -> dict[str, str]:
         if len(group) == 1:
-            return {group[0]: reason}
+            return {group[0]: why}
         half = len(group) // 2
         found: dict[str, str] = {}
         for part in (group[:half], group[half:]):
-            why = bad(part)
-            if why:
-                found.update(search(part, why))
-        return found or {k: f"fails only together with {', '.join(x for x in group if x != k)}: {reason}"
+            part_why = bad(part)
+            if part_why:
+                found.update(search(part, part_why))
+        return found or {k: f"fails only together with {', '.join(x for x in group if x != k)}: {why}"
                          for k in group}
 
-    why = bad(keys)
-    return search(keys, why) if why else {}
+    return search(keys, reason)
 
 
 def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, tiny: bool = False,
@@ -243,7 +242,9 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
         results = {next(iter(sets)): {"error": job.error}}
     reports = {}
     for set_name, codes in sets.items():
-        data = results.get(set_name) or {"error": "no result"}
+        data = dict(results.get(set_name) or {"error": "no result"})
+        # No measurement at all: the child died (crash, hang, CUDA error) rather than report.
+        job_failed = "logit_rel_error_noise" not in data
         report = E2EReport.from_dict({"model_id": entry.model_id, "level": lvl, "tiny": tiny,
                                       "candidates": [names[set_name][k] for k in codes], **data})
         report.model_id, report.level, report.tiny = entry.model_id, lvl, tiny
@@ -254,10 +255,19 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
                     report.blamed[key] = "shadow check: " + "; ".join(op["failures"][:3])
         if blame and (report.error or report.has_nan):
             failing = [k for k in codes if names[set_name][k] not in report.blamed]
+            probe_payload = {**base_payload, "sets": {set_name: codes}}
+            probe_timeout = timeout if not tiny else min(timeout, 300.0)
+            if failing and job_failed:
+                sink(ev.E2EProgress(stage="blame", done=0, total=1, detail="does the baseline alone run?"))
+                control = _job("fastkernels.bench.e2e:_probe_job", {**probe_payload, "only": []}, probe_timeout,
+                               "baseline control run", sink)
+                if not control.ok or control.value.get("nan"):
+                    report.notes.append("not blaming any kernel: the model fails without them too "
+                                        f"({control.error or 'NaN/Inf'})")
+                    failing = []
             if failing:
-                sink(ev.E2EProgress(stage="blame", done=0, total=2 * len(failing), detail="bisecting the candidates"))
-                found = _blame({**base_payload, "sets": {set_name: codes}}, failing,
-                               timeout if not tiny else min(timeout, 300.0), sink)
+                why = report.error or "produced NaN/Inf in the model's output"
+                found = _blame(probe_payload, failing, probe_timeout, sink, why)
                 for k, why in found.items():
                     report.blamed[names[set_name][k]] = why
         for op, why in report.blamed.items():
@@ -582,9 +592,13 @@ def _probe_job(payload: dict) -> dict:
     model = loaded.model
     (codes,) = payload["sets"].values()
     codes = {k: v for k, v in codes.items() if k in set(payload["only"])}
-    with patch(model, codes, payload["level"]):
+    handle = patch(model, codes, payload["level"]) if codes else None
+    try:
         tokens, _, finite = greedy(model, prompt, SHADOW_DECODE_STEPS + 1)
         logits = teacher_forced(model, torch.cat([prompt, tokens], dim=1))
+    finally:
+        if handle is not None:
+            handle.unpatch()
     if not finite:
         return {"nan": "during generation"}
     if not bool(torch.isfinite(logits).all()):
