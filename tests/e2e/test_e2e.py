@@ -1,0 +1,101 @@
+"""The end-to-end benchmark on tiny models: the measurement itself (in-process, every family), then
+the sandboxed `run_benchmark` (pass, a planted bug named, a kernel that raises only inside the full
+model blamed by bisection) and `fastkernels bench`."""
+
+import json
+
+import pytest
+
+from fastkernels.bench.e2e import E2EReport, _e2e_job, _judge, run_benchmark
+from fastkernels.cli import main
+from fastkernels.events import E2EProgress, E2EResult, KernelBlamed, Recorder
+from fastkernels.registry.tasks import baseline_dir, load_task, task_names
+
+from . import planted
+from .test_patching import MODELS
+
+
+def baseline_codes(family, level=1):
+    return {f"L{level}/{op}": (baseline_dir(level) / f"{op}.py").read_text()
+            for op in task_names(level) if family in load_task(level, op).FAMILIES}
+
+
+def measure(family, sets, new_tokens=4):
+    """The child's measurement, run in this process (the candidates here are our own files)."""
+    payload = {"model": MODELS[family], "tiny": True, "level": 1, "prompt_len": 6, "new_tokens": new_tokens,
+               "batch": 1, "device": "cpu", "dtype": "bfloat16", "seed": 0, "compile_baseline": False}
+    out = _e2e_job({**payload, "sets": sets})["sets"]
+    reports = {}
+    for name, data in out.items():
+        r = E2EReport.from_dict({"model_id": MODELS[family], "level": 1, "tiny": True, "candidates": [], **data})
+        _judge(r)
+        reports[name] = r
+    return reports
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_baseline_as_candidate_passes_with_full_token_match(family):
+    (r,) = measure(family, {"baseline": baseline_codes(family)}).values()
+    assert r.passed, r.verdict
+    assert r.token_match == 1.0 and r.top1_agreement == 1.0 and r.logit_rel_error == 0.0
+    assert r.logit_rel_error_noise > 0  # bf16 vs fp32 differ even on a 2-layer model
+    assert {op["op"] for op in r.shadow["ops"]} == set(baseline_codes(family))
+    assert all(op["calls"] > 0 for op in r.shadow["ops"])
+    assert r.weights.startswith("seeded random weights") and r.timings["baseline_eager"]["decode_tok_s"] > 0
+
+
+def test_planted_bugs_fail_and_the_report_names_op_and_layer():
+    codes = baseline_codes("llama")
+    sets = {"column": {**codes, "L1/rms_norm": planted.RMS_NORM_ONE_COLUMN},
+            "rotary": {**codes, "L1/rotary_embedding": planted.ROTARY_OFF_BY_ONE}}
+    reports = measure("llama", sets)
+    for name, op in (("column", "L1/rms_norm"), ("rotary", "L1/rotary_embedding")):
+        r = reports[name]
+        assert not r.passed and "shadow check failed" in r.verdict
+        assert [o["op"] for o in r.shadow["ops"] if not o["passed"]] == [op]
+        assert f"{op} at model.layers.0." in r.verdict and "(layer 0)" in r.verdict
+
+
+def test_run_benchmark_in_the_sandbox_passes_the_baseline_and_reports_events():
+    rec = Recorder()
+    r = run_benchmark(MODELS["qwen3_moe"], 1, {"rms_norm": str(baseline_dir(1) / "rms_norm.py"),
+                                               "moe_router": str(baseline_dir(1) / "moe_router.py")},
+                      tiny=True, new_tokens=4, sink=rec, timeout=300)
+    assert r.passed, r.verdict
+    assert r.token_match == 1.0 and sorted(r.candidates) == ["moe_router", "rms_norm"]
+    stages = [e.stage for e in rec.of(E2EProgress)]
+    assert stages[:3] == ["load", "baseline", "noise floor"] and "shadow check" in stages
+    (result,) = rec.of(E2EResult)
+    assert result.passed and result.report["shadow"]["passed"]
+    assert not rec.of(KernelBlamed)
+
+
+def test_a_kernel_that_raises_only_inside_the_model_is_blamed():
+    rec = Recorder()
+    cands = {"rms_norm": planted.RMS_NORM_HEAD + "\n    def forward(self, x):\n"
+                         "        return self.weight * self.normed(x, self.variance_epsilon).to(x.dtype)\n",
+             "silu_and_mul": planted.SILU_RAISES_ON_ONE_ROW,
+             "embedding": str(baseline_dir(1) / "embedding.py")}
+    r = run_benchmark(MODELS["llama"], 1, cands, tiny=True, new_tokens=3, sink=rec, timeout=300)
+    assert not r.passed
+    assert "block size does not divide" in r.error
+    assert list(r.blamed) == ["silu_and_mul"] and "block size does not divide" in r.blamed["silu_and_mul"]
+    assert [(e.op, e.reason) for e in rec.of(KernelBlamed)] == [("silu_and_mul", r.blamed["silu_and_mul"])]
+    assert "blamed: silu_and_mul" in r.verdict
+
+
+def test_cli_bench(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tasks" / "candidate" / "L1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--model", MODELS["mistral"], "--level", "1", "--tiny"]) == 2
+    assert "no candidate kernels for level 1" in capsys.readouterr().err
+    (tmp_path / "tasks" / "candidate" / "L1" / "rms_norm.py").write_text(planted.RMS_NORM_WRONG_EPS)
+    out_file = tmp_path / "report.json"
+    code = main(["bench", "--model", MODELS["mistral"], "--level", "1", "--tiny", "--new-tokens", "3",
+                 "--out", str(out_file)])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "shadow check" in text and "noise floor" in text and "FAIL" in text
+    report = json.loads(out_file.read_text())
+    assert report["blamed"] and list(report["blamed"]) == ["L1/rms_norm"]
+    assert "(layer 0)" in report["blamed"]["L1/rms_norm"]
