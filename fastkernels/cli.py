@@ -237,6 +237,94 @@ def _cmd_bench(args) -> int:
     return bench_command(args, console)
 
 
+# ---- check ------------------------------------------------------------------------------------
+
+def _args_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a kernel file defining the operator's class")
+    add_model_args(p)
+    p.add_argument("--op", default=None, help="operator name (default: the one whose class FILE defines)")
+    p.add_argument("--cuda-only", action="store_true", help="raw CUDA only: no Triton, no framework compute ops")
+    p.add_argument("--seeds", type=int, default=3, help="fresh random inputs per shape and dtype (default 3)")
+    p.add_argument("--no-timing", action="store_true", help="correctness only")
+    p.add_argument("--json", dest="json_out", default=None, help="also write the unit report as JSON to this file")
+
+
+def _cmd_check(args) -> int:
+    """Validate and unit-test one kernel file: the same gate the agent uses."""
+    import ast
+    import json
+    from pathlib import Path
+
+    from fastkernels.agent.validate import validate_kernel
+    from fastkernels.bench.sandbox import cuda_present
+    from fastkernels.bench.unit import run_unit
+    from fastkernels.errors import UsageError
+    from fastkernels.registry.tasks import Workload, check_level, discover
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"no kernel file at {path}: pass the path of a .py file defining the operator's class")
+    code = path.read_text()
+    level = check_level(args.level)
+    small = args.tiny or not cuda_present()  # the interpreter only gets through small shapes
+    specs = discover(args.model, level, tiny=args.tiny, workload=Workload.default(small=small))
+    if args.op:
+        spec = next((s for s in specs if s.name == args.op), None)
+        if spec is None:
+            raise UsageError(f"no operator {args.op!r} at level {level} of {args.model}; "
+                             f"choose one of: {', '.join(s.name for s in specs)}")
+    else:
+        try:
+            classes = {n.name for n in ast.parse(code).body if isinstance(n, ast.ClassDef)}
+        except SyntaxError:
+            classes = set()
+        matches = [s for s in specs if s.class_name in classes]
+        if len(matches) != 1:
+            known = ", ".join(f"{s.name} ({s.class_name})" for s in specs)
+            raise UsageError(f"cannot tell which operator {path.name} implements; pass --op (one of: {known})")
+        spec = matches[0]
+    where = "GPU" if cuda_present() else "CPU, Triton interpreter, small shapes"
+    console.print(f"[bold]{spec.key}[/] {spec.class_name} · {args.model}{' (tiny)' if args.tiny else ''} · {where}")
+    result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=args.cuda_only)
+    if not result.ok:
+        console.print(f"[bold red]invalid[/] ({result.stage}): {result.error}")
+        return 1
+    console.print(f"[green]valid[/]: imports and constructs ({result.seconds:.1f} s)")
+    report = run_unit(spec, code, seeds=args.seeds, timing=not args.no_timing, cuda_only=args.cuda_only)
+    timed = any(s.candidate_ms is not None for s in report.shapes)
+    table = Table(title=f"unit test · {report.device}")
+    cols = ["shape", "dtype", "verdict", "max err/rms"]
+    if timed:
+        cols += ["eager ms", "compile ms", "kernel ms", "speedup", "vs compile", "roofline"]
+    for col in cols:
+        table.add_column(col)
+
+    def num(x, fmt):
+        return format(x, fmt) if x is not None else "-"
+
+    for s in report.shapes:
+        row = [f"{s.shape} {_fmt_shape(s.dims)}", s.dtype, "[green]pass[/]" if s.passed else "[red]FAIL[/]",
+               num(s.max_rel_err, ".1e")]
+        if timed:
+            roof = f"{100 * s.roofline_fraction:.0f}%" if s.roofline_fraction is not None else "-"
+            row += [num(s.baseline_eager_ms, ".4f"), num(s.baseline_compile_ms, ".4f"), num(s.candidate_ms, ".4f"),
+                    num(s.speedup_vs_eager, ".2f"), num(s.speedup_vs_compile, ".2f"), roof]
+        table.add_row(*row)
+    if report.shapes:
+        console.print(table)
+    for s in report.shapes:
+        if not s.passed:
+            console.print(f"[red]{s.shape} {s.dtype}:[/] {s.reason}")
+    if report.timing_note:
+        console.print(f"timings: {report.timing_note}")
+    if report.error:
+        console.print(f"[bold red]error:[/] {report.error}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=2))
+    console.print(("[bold green]PASSED[/]" if report.passed else "[bold red]FAILED[/]") + f" in {report.seconds:.1f} s")
+    return 0 if report.passed else 1
+
+
 # ---- dispatch ---------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -244,6 +332,7 @@ COMMANDS = {
     "agent": ("generate, validate and benchmark kernels for every operator of a model", _args_agent, _cmd_agent),
     "bench": ("patch candidate kernels into the model: shadow check, token match, speedup", _args_bench, _cmd_bench),
     "history": ("past runs from the MLflow store: kernels passing, speedups, end to end", _args_history, _cmd_history),
+    "check": ("validate and unit-test one kernel file (the agent's gate): verdicts and timings per shape", _args_check, _cmd_check),
     "mlflow-ui": ("serve the MLflow UI for the tracking store on 127.0.0.1", _args_mlflow_ui, _cmd_mlflow_ui),
 }
 

@@ -139,3 +139,18 @@ def test_bf16_tolerance_admits_the_baselines_own_rounding():
     mod = spec.task().RMSNorm(64, 1e-5)
     ref = mod(x)
     _check(mod.bfloat16()(x.bfloat16()), ref, "bfloat16", expect=torch.empty(32, 64, dtype=torch.bfloat16))
+
+
+def test_check_command_exit_codes(capsys, tmp_path):
+    from fastkernels.cli import main
+
+    good = str(CHEATS / "correct_rms_norm.py")
+    assert main(["check", good, "--level", "1", "--tiny", "--seeds", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps lines at the terminal width
+    assert "PASSED" in out and "not meaningful" in out
+    bad = str(CHEATS / "first_shape_only.py")
+    assert main(["check", bad, "--level", "1", "--tiny", "--seeds", "1", "--json", str(tmp_path / "r.json")]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "FAILED" in out and "decode" in out and "outside tolerance" in out
+    assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+    assert main(["check", str(tmp_path / "missing.py"), "--level", "1"]) == 2
