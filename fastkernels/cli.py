@@ -149,15 +149,18 @@ def _cmd_history(args) -> int:
         console.print(f"{s.model} · level {s.level} · {s.backend} · gpu {d.params.get('gpu', '-')} · "
                       + " ".join(f"{k.removeprefix('env.')} {v}" for k, v in d.params.items()
                                  if k in ("env.torch", "env.triton", "env.transformers")))
+        wide = console.width >= 130  # the artifact path only where it fits (it is in --json anyway)
         table = Table(title=f"kernels: {s.kernels_passing}/{s.kernels_total} passing")
-        for col in ("op", "level", "attempt", "backend", "status", "correct", "speedup", "vs compile", "artifact"):
-            table.add_column(col)
+        for col in ("op", "level", "attempt", "backend", "status", "correct", "speedup", "vs compile") + (("artifact",) if wide else ()):
+            table.add_column(col, overflow="fold")
         for k in d.kernels:
-            table.add_row(k.op, fmt(k.level), fmt(k.attempt), fmt(k.backend), fmt(k.status), fmt(k.correct),
-                          fmt(k.speedup, "x"), fmt(k.speedup_compile, "x"), fmt(k.artifact))
+            row = [k.op, fmt(k.level), fmt(k.attempt), fmt(k.backend), fmt(k.status), fmt(k.correct),
+                   fmt(k.speedup, "x"), fmt(k.speedup_compile, "x")]
+            table.add_row(*row, *((fmt(k.artifact),) if wide else ()))
         console.print(table)
         if d.e2e:
-            console.print("end to end: " + " · ".join(f"{k} {fmt(v)}" for k, v in sorted(d.e2e.items())))
+            console.print("end to end: " + " · ".join(f"{k} {fmt(bool(v) if k == 'passed' else v)}"
+                                                    for k, v in sorted(d.e2e.items())))
         console.print(f"artifacts: {d.artifact_uri}")
         return 0
     if args.limit < 1:
@@ -170,10 +173,22 @@ def _cmd_history(args) -> int:
         console.print(f"no tracked runs{' matching the filters' if args.model or args.level else ''} "
                       f"in {resolve_tracking_uri(args.tracking_uri)}")
         return 0
-    table = Table(title=f"{len(runs)} runs, newest first · {resolve_tracking_uri(args.tracking_uri)}")
-    for col in ("when", "run", "model", "level", "backend", "status", "kernels passing", "best speedups",
-                "e2e token match", "e2e speedup"):
-        table.add_column(col)
+    if console.width < 110:  # a narrow terminal: two lines per run instead of a squeezed table
+        console.print(f"{len(runs)} runs, newest first · {resolve_tracking_uri(args.tracking_uri)}")
+        for r in runs:
+            best = ", ".join(f"{op} {fmt(x, 'x')}" for op, x in r.best_speedups) or "-"
+            console.print(f"[bold]{r.when}[/]  {r.run_id[:8]}  {r.status}  {r.model}  L{r.level}  {r.backend}")
+            console.print(f"    passing {r.kernels_passing}/{r.kernels_total} · best {best} · "
+                          f"e2e match {fmt(r.e2e_token_match)} · e2e speedup {fmt(r.e2e_speedup, 'x')}")
+        return 0
+    from rich import box
+
+    table = Table(title=f"{len(runs)} runs, newest first · {resolve_tracking_uri(args.tracking_uri)}",
+                  box=box.SIMPLE_HEAD)
+    for col, kw in (("when", {"no_wrap": True}), ("run", {"no_wrap": True}), ("model", {"overflow": "fold"}),
+                    ("level", {}), ("backend", {"overflow": "fold"}), ("status", {}), ("passing", {"no_wrap": True}),
+                    ("best speedups", {"min_width": 14}), ("e2e match", {}), ("e2e speedup", {})):
+        table.add_column(col, **kw)
     for r in runs:
         best = ", ".join(f"{op} {fmt(x, 'x')}" for op, x in r.best_speedups) or "-"
         table.add_row(r.when, r.run_id[:8], r.model, r.level, r.backend, r.status,

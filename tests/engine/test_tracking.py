@@ -110,8 +110,8 @@ def store(tmp_path_factory):
     return uri, {k: h.run_id for k, h in ids.items()}, art
 
 
-def _history(capsys, *argv: str) -> str:
-    cli.console.width = 250  # rich would wrap at 80 columns in a pipe
+def _history(capsys, *argv: str, width: int = 250) -> str:
+    cli.console.width = width  # a pipe would get 80 columns
     try:
         assert cli.main(["history", *argv]) == 0
     finally:
@@ -143,6 +143,9 @@ def test_history_table_and_json(store, capsys):
                  "rms_norm 2.50x, silu_and_mul 1.20x", "0.97", "1.30x"):
         assert cell in line, (cell, line)
     assert text.index(ids["qwen"][:8]) < text.index(ids["agent"][:8]) < text.index(ids["failed"][:8])
+    narrow = " ".join(_history(capsys, "--tracking-uri", uri, width=80).split())  # two lines a run, wrapped
+    assert (f"{ids['agent'][:8]} partial meta-llama/Llama-3.1-8B-Instruct L1 claude-opus-4-6 passing 2/3 · "
+            "best rms_norm 2.50x, silu_and_mul 1.20x · e2e match 0.97 · e2e speedup 1.30x") in narrow
 
     only = json.loads(_history(capsys, "--tracking-uri", uri, "--json", "--model", "Qwen/Qwen3-8B"))
     assert [r["run_id"] for r in only] == [ids["qwen"]]
@@ -181,7 +184,7 @@ def test_history_of_one_run(store, capsys):
 
     text = _history(capsys, "--tracking-uri", uri, ids["agent"])
     assert "kernels: 2/3 passing" in text
-    rms_line = next(ln for ln in text.splitlines() if "rms_norm" in ln and "attempt-2" in ln)
+    rms_line = next(ln for ln in text.splitlines() if "rms_norm" in ln and "attempt-2.py" in ln)
     assert "correct" in rms_line and "2.50x" in rms_line and "1.25x" in rms_line
     # a child's id opens its whole run
     child = json.loads(_history(capsys, "--tracking-uri", uri, "--json", rms["run_id"]))
