@@ -111,11 +111,9 @@ def store(tmp_path_factory):
 
 
 def _history(capsys, *argv: str, width: int = 250) -> str:
-    cli.console.width = width  # a pipe would get 80 columns
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", str(width))  # rich sizes tables to it (a pipe would get 80)
         assert cli.main(["history", *argv]) == 0
-    finally:
-        cli.console.width = 80
     return capsys.readouterr().out
 
 
