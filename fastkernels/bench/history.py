@@ -169,7 +169,9 @@ def _summary(root, runs: list) -> RunSummary:
         mlflow_status=root.info.status, status=tags.get("fastkernels.status", root.info.status.lower()),
         model=params.get("model", ""), level=params.get("level", ""),
         backend=params.get("backend") or params.get("llm_model", ""),
-        kernels_total=len(kernels), kernels_passing=len(passing), best_speedups=best,
+        # the agent's own totals when it logged them (they count resumed ops this run never logged)
+        kernels_total=int(root.data.metrics.get("kernels_total", len(kernels))),
+        kernels_passing=int(root.data.metrics.get("kernels_passing", len(passing))), best_speedups=best,
         e2e_passed=bool(e2e["e2e.passed"]) if "e2e.passed" in e2e else None,
         e2e_token_match=e2e.get("e2e.token_match"), e2e_speedup=e2e.get("e2e.speedup"),
     )

@@ -24,6 +24,9 @@ What a run holds (`history.py` reads exactly this back):
   numeric leaf of the report as `unit.{op}.{path}`.
 - end to end: artifacts `e2e/report.json` and `e2e/table.json` (an MLflow table: metric, value),
   metrics `e2e.token_match`, `e2e.speedup`, `e2e.passed` and every numeric leaf as `e2e.{path}`.
+- run totals: metrics `kernels_passing` and `kernels_total` on the top-level run, when logged,
+  are what history shows (the agent's own count, resumed operators included); without them
+  history counts the kernels whose status is correct/approved/passed.
 - status: tag `fastkernels.status` ("finished" unless `set_status` said otherwise, "failed" or
   "interrupted" when the block raised), MLflow status FINISHED / FAILED / KILLED.
 
@@ -48,6 +51,7 @@ import importlib.util
 import json
 import logging
 import math
+import numbers
 import os
 import platform
 import queue
@@ -168,6 +172,8 @@ def scrub_obj(obj: Any) -> Any:
         return [scrub_obj(v) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float)):
         return obj
+    if isinstance(obj, numbers.Real):  # numpy scalars
+        return float(obj)
     if hasattr(obj, "to_dict"):
         return scrub_obj(obj.to_dict())
     return scrub(obj)
@@ -204,7 +210,7 @@ def _flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 def _number(v: Any) -> float | None:
     if isinstance(v, bool):
         return 1.0 if v else 0.0
-    if isinstance(v, (int, float)):
+    if isinstance(v, numbers.Real):  # int, float, numpy scalars
         return float(v)
     return None
 
