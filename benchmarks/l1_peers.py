@@ -436,8 +436,9 @@ def sweep(args, device, dtype, copy_bps, deadline, lib_cache):
     m, base, (q, k, v), nb = ctx("attention", LLAMA, "prefill")
     for cfg in m._PREFILL_CONFIGS:
         c = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        plans.append((f"attention llama prefill {c}", None,
-                      lambda m=m, c=c, q=q, k=k, v=v: m.attention_prefill(q, k, v, q.shape[-1] ** -0.5, config=c)))
+        for tma in (True, False):  # TMA descriptor loads of K/V vs cp.async pointer loads
+            plans.append((f"attention llama prefill {c} tma={tma}", None,
+                          lambda m=m, c=c, t=tma, q=q, k=k, v=v: m.attention_prefill(q, k, v, q.shape[-1] ** -0.5, config=c, tma=t)))
     attn_flops = build_spec(1, "attention", LLAMA, tiny=smoke, workload=Workload.default(small=smoke))
     attn_flops = attn_flops.task().cost(resolve(LLAMA, smoke).hf_config(), attn_flops.shapes["prefill"], dtype)["flops"]
 

@@ -194,7 +194,9 @@ def test_attention_prefill_paths(dtype):
     q, k, v = (_randn(b, h, s, d, dtype=dtype, seed=i) for i, h in enumerate((hq, hkv, hkv)))
     for cfg in m._PREFILL_CONFIGS:
         c = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-        check_attention(m.attention_prefill(q, k, v, d**-0.5, config=c), q, k, v, d**-0.5, f"prefill {c}")
+        for tma in (False, True):  # pointer loads, and the Hopper TMA-descriptor loads of K/V
+            out = m.attention_prefill(q, k, v, d**-0.5, config=c, tma=tma)
+            check_attention(out, q, k, v, d**-0.5, f"prefill {c} tma={tma}")
     # chunked prefill (S new tokens over P cached ones), head_dim 128, HF's transposed q layout,
     # group of 7 (Qwen2.5), and a head_dim that is not a power of two
     for b, hq, hkv, s, p, d in [(2, 4, 4, 20, 45, 16), (1, 2, 1, 9, 0, 128), (1, 7, 1, 33, 3, 48)]:
@@ -202,6 +204,10 @@ def test_attention_prefill_paths(dtype):
         k = _randn(b, hkv, p + s, d, dtype=dtype, seed=11)
         v = _randn(b, hkv, p + s, d, dtype=dtype, seed=12)
         check_attention(m.Attention(hq, hkv, d, d**-0.5)(q, k, v), q, k, v, d**-0.5, f"prefill {b, hq, hkv, s, p, d}")
+    # TMA with a chunk whose key blocks run past one head's keys into the next head's rows
+    q, k, v = _randn(2, 4, 20, 16, dtype=dtype, seed=20), _randn(2, 2, 45, 16, dtype=dtype, seed=21), _randn(2, 2, 45, 16, dtype=dtype, seed=22)
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+    check_attention(m.attention_prefill(q, k, v, 0.25, config=cfg, tma=True), q, k, v, 0.25, "prefill tma chunked")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])

@@ -46,7 +46,7 @@ def _mma(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 @triton.jit
 def _attn_fwd_inner(
     acc, l_i, m_i, q,
-    k_base, v_base, stride_kn, stride_vn,
+    k_base, v_base, stride_kn, stride_vn, k_desc, v_desc, kv_row0,
     offs_m, offs_d, d_mask,
     lo, hi, n_keys, past, qk_scale,
     BLOCK_N: tl.constexpr,
@@ -54,6 +54,7 @@ def _attn_fwd_inner(
     EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
@@ -62,6 +63,12 @@ def _attn_fwd_inner(
         v_ptrs = v_base + offs_n[:, None].to(tl.int64) * stride_vn + offs_d[None, :]  # V tile [N, D]
         if MASKED:
             n_ok = offs_n < n_keys
+        if TMA:
+            # Hopper's copy engine fetches the [N, D] tile into shared memory (one thread issues
+            # it, no address registers); rows past this head's keys belong to the next head or
+            # are zero-filled past the tensor's end, and the mask below zeroes their weight.
+            k = k_desc.load([kv_row0 + start_n, 0]).T
+        elif MASKED:
             k = tl.load(k_ptrs, mask=d_mask[:, None] & n_ok[None, :], other=0.0)
         elif EVEN_D:
             k = tl.load(k_ptrs)  # fully visible block: no predicate at all
@@ -75,7 +82,9 @@ def _attn_fwd_inner(
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
+        if TMA:
+            v = v_desc.load([kv_row0 + start_n, 0])
+        elif MASKED:
             v = tl.load(v_ptrs, mask=n_ok[:, None] & d_mask[None, :], other=0.0)
         elif EVEN_D:
             v = tl.load(v_ptrs)
@@ -89,8 +98,8 @@ def _attn_fwd_inner(
 
 @triton.jit
 def _attn_prefill_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr,
-    seq_q, n_keys, n_heads, group, qk_scale, ctx_bucket,
+    q_ptr, k_ptr, v_ptr, o_ptr, k_desc, v_desc,
+    seq_q, n_keys, n_heads, n_kv_heads, group, qk_scale, ctx_bucket,
     sq_b, sq_h, sq_s, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_s, so_h,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -98,6 +107,7 @@ def _attn_prefill_kernel(
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
 ):
     # Grid (B*Hq, M blocks): dispatch order walks all heads of the LAST (heaviest) query block
     # first, so the lightest blocks fill the tail of the grid.
@@ -118,6 +128,7 @@ def _attn_prefill_kernel(
     q = tl.load(q_ptrs, mask=(offs_m < seq_q)[:, None] & d_mask[None, :], other=0.0)
     k_base = k_ptr + b * sk_b + kvh * sk_h
     v_base = v_ptr + b * sv_b + kvh * sv_h
+    kv_row0 = ((b * n_kv_heads + kvh) * n_keys).to(tl.int32)  # first row of this head in [B*Hkv*L, D]
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -128,12 +139,12 @@ def _attn_prefill_kernel(
     full_end = ((past + m0 + 1) // BLOCK_N) * BLOCK_N
     diag_end = tl.minimum(past + m0 + BLOCK_M, n_keys)
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, sk_n, sv_n, offs_m, offs_d, d_mask,
-        0, full_end, n_keys, past, qk_scale, BLOCK_N, False, EVEN_D, PRECISION, UPCAST,
+        acc, l_i, m_i, q, k_base, v_base, sk_n, sv_n, k_desc, v_desc, kv_row0, offs_m, offs_d, d_mask,
+        0, full_end, n_keys, past, qk_scale, BLOCK_N, False, EVEN_D, PRECISION, UPCAST, TMA,
     )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, sk_n, sv_n, offs_m, offs_d, d_mask,
-        full_end, diag_end, n_keys, past, qk_scale, BLOCK_N, True, EVEN_D, PRECISION, UPCAST,
+        acc, l_i, m_i, q, k_base, v_base, sk_n, sv_n, k_desc, v_desc, kv_row0, offs_m, offs_d, d_mask,
+        full_end, diag_end, n_keys, past, qk_scale, BLOCK_N, True, EVEN_D, PRECISION, UPCAST, TMA,
     )
 
     out = acc / l_i[:, None]
@@ -141,19 +152,28 @@ def _attn_prefill_kernel(
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=(offs_m < seq_q)[:, None] & d_mask[None, :])
 
 
+def _set_desc_block(nargs):
+    # The TMA descriptors' box is the config's [BLOCK_N, HEAD_DIM] tile (set per tried config).
+    if nargs.get("TMA"):
+        for name in ("k_desc", "v_desc"):
+            nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_DIM"]]
+
+
 # Bounded autotuning for the compute-bound prefill: 4 configs, keyed on head dim and the
 # power-of-two bucket of the length (a new prompt length does not re-tune). 128-row query blocks
-# with 8 warps give two warpgroups of 64 rows each for Hopper's wgmma; stage counts keep K+V
-# buffers under the 228 KiB of shared memory at head_dim 128.
+# with 8 warps are two warpgroups of 64 rows for Hopper's wgmma (HGMMA.64x128x16 and 64x64x16 in
+# the sm_90 SASS). ptxas at head_dim 128, bf16: 186 / 252 / 186 / 170 registers, no spills, 128 /
+# 160 / 160 / 112 KiB of shared memory (K and V stages). (128, 64) with 4 warps was dropped: it
+# needs 255 registers and spills 224 bytes per thread.
 _PREFILL_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3, pre_hook=_set_desc_block),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2, pre_hook=_set_desc_block),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4, pre_hook=_set_desc_block),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3, pre_hook=_set_desc_block),
 ]
-_attn_prefill_tuned = triton.autotune(configs=_PREFILL_CONFIGS, key=["HEAD_DIM", "ctx_bucket", "PRECISION", "UPCAST"])(
-    _attn_prefill_kernel
-)
+_attn_prefill_tuned = triton.autotune(
+    configs=_PREFILL_CONFIGS, key=["HEAD_DIM", "ctx_bucket", "PRECISION", "UPCAST", "TMA"]
+)(_attn_prefill_kernel)
 
 
 @triton.jit
@@ -269,39 +289,73 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, block_d: int) -> bool:
+    """K and V can be read through Hopper TMA descriptors over their [B*Hkv*L, D] view."""
+    if _interpreting() or q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    return (
+        dim == block_d
+        and k.is_contiguous()
+        and v.is_contiguous()
+        and (dim * k.element_size()) % 16 == 0
+        and k.data_ptr() % 16 == 0
+        and v.data_ptr() % 16 == 0
+    )
+
+
 def attention_prefill(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, *, config: dict | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scaling: float,
+    *,
+    config: dict | None = None,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """Causal (bottom-right) GQA flash attention for any S >= 1 new tokens over P+S keys.
     q [B,Hq,S,D], k/v [B,Hkv,P+S,D] (any strides, unit-stride D) -> [B,S,Hq,D] contiguous.
-    config = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} skips the autotuner."""
+    config = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} skips the autotuner; tma forces
+    (True) or forbids (False) TMA descriptor loads of K/V (default: on Hopper when K/V are contiguous)."""
     bsz, n_heads, seq_q, dim = q.shape
-    n_keys = k.shape[2]
-    group = n_heads // k.shape[1]
+    n_kv, n_keys = k.shape[1], k.shape[2]
+    group = n_heads // n_kv
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     out = torch.empty((bsz, seq_q, n_heads, dim), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
     block_d = max(16, triton.next_power_of_2(dim))
     precision = _precision(q.dtype)
-    args = (
-        q, k, v, out, seq_q, n_keys, n_heads, group, float(scaling) * _LOG2E, triton.next_power_of_2(seq_q),
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-    )
     if config is None and (_interpreting() or seq_q < 128 or q.dtype == torch.float32 or dim > 128):
         # Short chunks, fp32 and the CPU interpreter: one safe config (fp32 tiles are twice the
         # shared memory, so the bf16 configs may not fit).
         bm = max(16, min(64, triton.next_power_of_2(seq_q)))
         config = {"BLOCK_M": bm, "BLOCK_N": 32 if q.dtype == torch.float32 else 64, "num_warps": 4, "num_stages": 2}
+    use_tma = _tma_ok(q, k, v, dim, block_d) if tma is None else bool(tma)
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        block_n = config["BLOCK_N"] if config is not None else 64  # the autotuner's pre_hook resets it
+        k2, v2 = k.contiguous().view(-1, dim), v.contiguous().view(-1, dim)
+        k_desc = TensorDescriptor(k2, list(k2.shape), list(k2.stride()), [block_n, dim])
+        v_desc = TensorDescriptor(v2, list(v2.shape), list(v2.stride()), [block_n, dim])
+    else:
+        k_desc, v_desc = k, v  # unused by the pointer variant
+    args = (
+        q, k, v, out, k_desc, v_desc, seq_q, n_keys, n_heads, n_kv, group, float(scaling) * _LOG2E,
+        triton.next_power_of_2(seq_q),
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+    )
     if config is None:
         grid = lambda meta: (bsz * n_heads, triton.cdiv(seq_q, meta["BLOCK_M"]))  # noqa: E731
-        _attn_prefill_tuned[grid](*args, HEAD_DIM=dim, BLOCK_D=block_d, PRECISION=precision, UPCAST=False)
+        _attn_prefill_tuned[grid](
+            *args, HEAD_DIM=dim, BLOCK_D=block_d, PRECISION=precision, UPCAST=False, TMA=use_tma
+        )
     else:
         grid = (bsz * n_heads, triton.cdiv(seq_q, config["BLOCK_M"]))
         _attn_prefill_kernel[grid](
             *args, HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"],
-            PRECISION=precision, UPCAST=_interpreting(), num_warps=config.get("num_warps", 4),
+            PRECISION=precision, UPCAST=_interpreting(), TMA=use_tma, num_warps=config.get("num_warps", 4),
             num_stages=config.get("num_stages", 2),
         )
     return out
