@@ -243,7 +243,7 @@ class ShadowCheck:
         self.sites: dict[str, SiteShadow] = {}
         self.tolerances: dict[str, tuple[float, float]] = {}
 
-    def compare(self, site: "Site", cand_out, ref_out, mutated: bool) -> None:
+    def compare(self, site: "Site", cand_out, ref_out, mutated: bool, strided: list[int] | None = None) -> None:
         rec = self.sites.setdefault(site.name + "|" + site.key, SiteShadow(op=site.key, site=site.name, layer=site.layer))
         rec.calls += 1
         if self.phase not in rec.phases:
@@ -287,9 +287,11 @@ class ShadowCheck:
             if bool(bad_nan.any()):
                 self._fail(rec, f"{what} has NaN/Inf where the baseline is finite ({self.phase})")
             elif worst > 1.0:
-                where = int(ratio.flatten().argmax())
-                self._fail(rec, f"{what} off by up to {mx:.3g} (element {where}; allowed {atol:g} x rms {rms:.3g}"
-                                f" + {rtol:g} x |baseline|; {self.phase})")
+                where = tuple(int(i) for i in torch.unravel_index(ratio.flatten().argmax(), ratio.shape))
+                layout = (f"; inputs {', '.join(map(str, strided))} are strided views here, not contiguous"
+                          if strided else "")
+                self._fail(rec, f"{what} off by up to {mx:.3g} (at index {where}; allowed {atol:g} x rms {rms:.3g}"
+                                f" + {rtol:g} x |baseline|; {self.phase}{layout})")
         rec.mean_abs += (call_mean - rec.mean_abs) / rec.calls
         if mutated:
             self._fail(rec, f"modified its input in place ({self.phase})")
@@ -338,7 +340,7 @@ class Site:
     the baseline on clones of the same inputs."""
 
     def __init__(self, impl: Implementation, name: str, candidate: nn.Module, baseline: nn.Module | None,
-                 shadow: ShadowCheck, normalize: Callable | None = None) -> None:
+                 shadow: ShadowCheck, normalize: Callable | None = None, consumed: tuple[int, ...] = ()) -> None:
         self.key = impl.key
         self.name = name
         m = re.search(r"layers\.(\d+)", name)
@@ -348,16 +350,21 @@ class Site:
         self.baseline = baseline
         self.shadow = shadow
         self.normalize = normalize
+        # Inputs the model never reads again after this call (rotary's q and k, the MLP's gate and
+        # up): a kernel may overwrite them in place, as Liger's rope does to save a copy.
+        self.consumed = consumed
 
     def __call__(self, *args):
         if not (self.shadow.enabled and self.baseline is not None):
             return self.run_candidate(*args)
         clones = _clone(args)
         out = self.run_candidate(*args)
-        mutated = not _same(args, clones)
+        kept = [i for i in range(len(args)) if i not in self.consumed]
+        mutated = not _same([args[i] for i in kept], [clones[i] for i in kept])
         with torch.no_grad():
             ref = self.baseline(*_clone(clones))
-        self.shadow.compare(self, out, ref, mutated)
+        strided = [i for i, a in enumerate(args) if torch.is_tensor(a) and not a.is_contiguous()]
+        self.shadow.compare(self, out, ref, mutated, strided)
         return out
 
 
@@ -445,8 +452,8 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = position_embeddings
     rope = slots.get("rotary_embedding")
-    if rope is not None:
-        q, k = rope(q.contiguous(), k.contiguous(), cos, sin)
+    if rope is not None:  # q, k as HF lays them out: [B, H, S, D] views of [B, S, H, D] storage
+        q, k = rope(q, k, cos, sin)
     else:
         q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
     if cache is not None:
@@ -712,14 +719,14 @@ class _Ctx:
         self.config = model.config
 
     def site(self, impl: Implementation, name: str, init: dict, weights: dict, device,
-             normalize: Callable | None = None) -> Site:
+             normalize: Callable | None = None, consumed: tuple[int, ...] = ()) -> Site:
         what = f"{impl.key} at {name}"
         cand = _build(impl.cls, init, weights, device, what)
         base = None
         if self.with_baseline:
             task = impl.task()
             base = _build(getattr(task, task.CLASS_NAME), init, weights, device, f"baseline of {what}")
-        site = Site(impl, name, cand, base, self.handle.shadow, normalize)
+        site = Site(impl, name, cand, base, self.handle.shadow, normalize, consumed)
         self.handle.sites.append(site)
         return site
 
@@ -740,7 +747,8 @@ def _bind_add_rms_norm(ctx: _Ctx, impl: Implementation) -> int:
     for name, layer in _instances(ctx.model, ctx.family, "DecoderLayer"):
         norm = layer.post_attention_layernorm
         init = {**impl.task().init_args(ctx.config), "hidden_size": norm.weight.shape[0], "eps": norm.variance_epsilon}
-        site = ctx.site(impl, name + ".post_attention_layernorm", init, norm.state_dict(), norm.weight.device)
+        site = ctx.site(impl, name + ".post_attention_layernorm", init, norm.state_dict(), norm.weight.device,
+                        consumed=(0, 1))  # the attention output and the old residual
         ctx.handle.slot(layer, "decoder_layer", "add_rms_norm", site)
         ctx.handle._bound[id(layer)][2]["cache_kw"] = _cache_kwarg(type(layer))
         n += 1
@@ -754,7 +762,8 @@ def _bind_attention_parts(slot: str):
             init = impl.task().init_args(ctx.config)
             if slot == "attention":
                 init = {**init, "scaling": attn.scaling}
-            site = ctx.site(impl, name, init, {}, _module_device(attn))
+            consumed = (0, 1) if slot == "rotary_embedding" else (0,)  # q, k are rebound to the results
+            site = ctx.site(impl, name, init, {}, _module_device(attn), consumed=consumed)
             ctx.handle.slot(attn, "attention", slot, site)
             n += 1
         return n
@@ -767,10 +776,11 @@ def _bind_silu_and_mul(ctx: _Ctx, impl: Implementation) -> int:
         raise UsageError(f"silu_and_mul: {ctx.family} uses {ctx.config.hidden_act!r}, not silu")
     n = 0
     for name, mlp in _instances(ctx.model, ctx.family, "MLP"):
-        ctx.handle.slot(mlp, "mlp", "silu_and_mul", ctx.site(impl, name, {}, {}, _module_device(mlp)))
+        ctx.handle.slot(mlp, "mlp", "silu_and_mul", ctx.site(impl, name, {}, {}, _module_device(mlp), consumed=(0, 1)))
         n += 1
     for name, experts in _instances(ctx.model, ctx.family, "Experts"):
-        ctx.handle.slot(experts, "experts", "silu_and_mul", ctx.site(impl, name, {}, {}, _module_device(experts)))
+        ctx.handle.slot(experts, "experts", "silu_and_mul",
+                        ctx.site(impl, name, {}, {}, _module_device(experts), consumed=(0, 1)))
         n += 1
     return n
 
