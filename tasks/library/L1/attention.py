@@ -289,9 +289,19 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+_CAPABILITY: dict = {}
+
+
+def _is_hopper_or_newer(device: torch.device) -> bool:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _CAPABILITY:  # a device property, read once
+        _CAPABILITY[idx] = torch.cuda.get_device_capability(idx)
+    return _CAPABILITY[idx][0] >= 9
+
+
 def _tma_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dim: int, block_d: int) -> bool:
     """K and V can be read through Hopper TMA descriptors over their [B*Hkv*L, D] view."""
-    if _interpreting() or q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] < 9:
+    if _interpreting() or q.device.type != "cuda" or not _is_hopper_or_newer(q.device):
         return False
     return (
         dim == block_d

@@ -6,6 +6,8 @@ k rounds of row max + argmax in registers, optional renormalisation, and both ou
 [T, K] results are written (Qwen3-30B-A3B prefill: 1 MiB of bf16 logits in, 384 KiB out).
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -64,6 +66,7 @@ def _moe_router_kernel(
     tl.store(idx_ptr + out_offs, top_i.to(tl.int64), mask=out_mask)
 
 
+@functools.lru_cache(maxsize=256)  # pure in its ints: decode calls skip the Python arithmetic
 def moe_router_config(n_tokens: int, n_experts: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_E, num_warps): enough row blocks for every SM of an H100 (132) at 4096 tokens
     (32 rows per program -> 128 programs), tiles capped at 4096 logits (Qwen3's 128 experts x 32)."""

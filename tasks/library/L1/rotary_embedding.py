@@ -12,6 +12,8 @@ views are read in place; outputs keep the input's layout (empty_like), as the ea
 Rounding as eager: q*cos, rotate_half(q)*sin and their sum are each rounded to the input dtype.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -80,6 +82,7 @@ def _rope_kernel(
                     k_sb, k_sh, k_ss, ko_sb, ko_sh, ko_ss, s_offs, d_offs, mask, half, c1, c2, s1, s2, HEADS)
 
 
+@functools.lru_cache(maxsize=256)  # pure in its ints: decode calls skip the Python arithmetic
 def rope_config(batch: int, seq: int, half: int) -> tuple[int, int, int]:
     """(BLOCK_S, heads_per_prog, num_warps).
 
