@@ -74,7 +74,8 @@ def store(tmp_path_factory):
                 ids["agent"] = run
 
                 def one_op(op: str, attempts: int, passed: bool, speedups: list[float]) -> None:
-                    with tracker.start_run(op):  # a worker thread: child of the agent run
+                    tracker.log_metrics({f"seen.{op}": 1})  # a worker thread with no run: the agent run
+                    with tracker.start_run(op):  # a worker thread's run: a child of the agent run
                         for n in range(1, attempts + 1):
                             last = n == attempts
                             tracker.log_attempt(
@@ -169,6 +170,7 @@ def test_history_of_one_run(store, capsys):
     for key in ("env.torch", "env.triton", "env.transformers", "gpu"):
         assert d["params"][key]
     assert d["metrics"]["tokens.output"] == 3400
+    assert {k for k in d["metrics"] if k.startswith("seen.")} == {"seen.rms_norm", "seen.silu_and_mul", "seen.rotary_embedding"}
     assert d["e2e"]["shadow.rms_norm.max_err"] == pytest.approx(0.004)
 
     # the kernel's code is the artifact the tags point at, in the child run that logged it
@@ -309,6 +311,7 @@ _SCRIPT = textwrap.dedent("""
             tracker.log_unit("rms_norm", {{"passed": True, "speedup": 2.0}})
         tracker.log_e2e({{"passed": True, "token_match": 1.0}})
         tracker.log_metrics({{"a": 1}})
+        open({gate!r}, "w").close()  # only now may the (fake) MLflow import finish
     with tracker.start_run("again", root=True):
         tracker.log_text("t", "t.txt")
     print("finished", run.run_id, tracker.enabled, round(time.perf_counter() - t0, 2))
@@ -317,17 +320,26 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("how", ["absent", "broken"])
 def test_runs_go_on_without_mlflow(tmp_path, how):
+    gate = tmp_path / "gate"
     if how == "absent":  # not installed: `import mlflow` raises ImportError
         block = "sys.modules['mlflow'] = None"
-    else:  # installed but its import fails (a broken install): found first on sys.path
+    else:  # installed but its import fails (a broken install): found first on sys.path. The import
+        # waits for the gate the run opens after its log calls: had any call waited for MLflow, the
+        # gate would never open and the error would say so.
         fake = tmp_path / "fake" / "mlflow"
         fake.mkdir(parents=True)
-        (fake / "__init__.py").write_text("raise RuntimeError('broken mlflow install')\n")
+        (fake / "__init__.py").write_text(textwrap.dedent(f"""
+            import os, time
+            deadline = time.time() + 20
+            while not os.path.exists({str(gate)!r}) and time.time() < deadline:
+                time.sleep(0.01)
+            raise RuntimeError("broken mlflow install" if os.path.exists({str(gate)!r}) else "gate never opened")
+        """))
         block = f"sys.path.insert(0, {str(fake.parent)!r})"
     db = tmp_path / "m.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
     env.pop("FASTKERNELS_TRACKING", None)
-    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(block=block)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(block=block, gate=str(gate))], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("finished None False"), out.stdout
