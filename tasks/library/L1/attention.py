@@ -74,13 +74,15 @@ def _attn_fwd_inner(
             k = tl.load(k_ptrs)  # fully visible block: no predicate at all
         else:
             k = tl.load(k_ptrs, mask=d_mask[:, None], other=0.0)
-        qk = _mma(q, k, PRECISION, UPCAST) * qk_scale  # log2 domain
+        qk = _mma(q, k, PRECISION, UPCAST)
         if MASKED:
             keep = (offs_n[None, :] <= past + offs_m[:, None]) & n_ok[None, :]
             qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # m is kept in the scaled log2 domain; the scale folds into one FMA per score before exp2
+        # (the exp/FMA pipe, not the tensor cores, bounds a Hopper flash-attention loop).
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(qk - m_new[:, None])
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if TMA:
             v = v_desc.load([kv_row0 + start_n, 0])
