@@ -7,7 +7,9 @@ correctness, on several fresh random inputs, each call of the candidate made BEF
 (so freed memory cannot hand it the right answer), with freed allocator memory filled with 0xFF
 bytes (NaN in every float format) first, and every tensor the harness frees poisoned the same way:
 - reference: the baseline in fp32 on fp32 copies of the inputs (weights: the same values);
-- tolerance by the case's dtype (TOLERANCES, the one definition), relative to the output's scale;
+- tolerance by the case's dtype (TOLERANCES, the one definition), relative to the output's scale,
+  or, where the baseline in that dtype is itself further off (deep blocks), within twice the
+  baseline's own error against the fp32 reference;
 - NaN/Inf never pass; shape, dtype and strides must match the baseline's output;
 - no output may alias an input or a previous call's output; inputs must come back unchanged;
 - one sample has small-magnitude inputs (scaled by 2**-9, exact in every float format), where an
@@ -350,6 +352,16 @@ def _compare(path, cand, ref, expect, tol: Tolerance):
         return max_abs, max_rel, True
     allowed = tol.atol * scale + tol.rtol * r.abs()
     over = err > allowed
+    if bool(over.any()) and expect.is_floating_point() and expect.shape == cand.shape:
+        # Deep blocks (a decoder layer, a whole model) accumulate more rounding than one kernel: the
+        # baseline's own dtype-vs-fp32 error is then the floor. No worse than twice it, at the worst
+        # element and in RMS, is as faithful as the baseline itself.
+        base_err = (expect.detach().float() - r).abs()
+        if bool(torch.isfinite(base_err).all()):
+            worst_ok = max_abs <= 2 * float(base_err.max())
+            rms_ok = float(err.pow(2).mean().sqrt()) <= 2 * float(base_err.pow(2).mean().sqrt())
+            if worst_ok and rms_ok:
+                over = torch.zeros_like(over)
     if bool(over.any()):
         n = int(over.sum())
         idx = tuple(int(i) for i in torch.unravel_index(torch.argmax(err - allowed), err.shape))
