@@ -57,6 +57,16 @@ class TextDelta(Event):
 
 
 @dataclass
+class StreamReset(Event):
+    """The reply so far is void (the connection dropped and the request restarts): clear it."""
+
+    op: str
+    attempt: int
+    reason: str
+    discarded_chars: int = 0
+
+
+@dataclass
 class GenerationFinished(Event):
     op: str
     attempt: int
@@ -65,6 +75,7 @@ class GenerationFinished(Event):
     output_tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    origin: str = "generated"  # "generated", "replay", "library" or "baseline" (what the backend gave back)
 
 
 @dataclass

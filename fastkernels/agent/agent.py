@@ -92,7 +92,7 @@ class OpState:
     best_speedup: float | None = None
     steering: str | None = None
     path: Path | None = None
-    history: list[dict] = field(default_factory=list)
+    origin: str = ""  # what the backend gave: "generated", "replay", "library" or "baseline"
 
     def sidecar(self) -> dict:
         return {
@@ -100,6 +100,7 @@ class OpState:
             "level": self.spec.level,
             "model": self.spec.model_id,
             "status": self.status.value,
+            "origin": self.origin,
             "attempt": self.attempt,
             "last_error": self.last_error,
             "best_speedup": self.best_speedup,
@@ -132,6 +133,7 @@ class Agent:
         self._lock = threading.RLock()
         self._cancelled = threading.Event()
         self.e2e_report: dict | None = None
+        self._ceilings: dict | None = None
 
     # ---- small helpers --------------------------------------------------------------------
 
@@ -161,6 +163,14 @@ class Agent:
 
     def _set(self, state: OpState, status: OpStatus) -> None:
         state.status = status
+
+    def _device(self):
+        """Measured ceilings of this machine's GPU for the prompt: the unit benchmark measures them
+        in its child and caches them on disk; the agent's own process never opens a CUDA context.
+        None until known (prompts then quote assumed H100 figures and say so)."""
+        if self._ceilings is None:
+            self._ceilings = _cached_ceilings()
+        return self._ceilings
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -202,6 +212,7 @@ class Agent:
         state.code = path.read_text()
         state.status = status
         state.attempt = int(meta.get("attempt", 0))
+        state.origin = meta.get("origin", "")
         state.unit = meta.get("unit")
         state.best_speedup = meta.get("best_speedup")
         state.last_error = meta.get("last_error")
@@ -260,8 +271,11 @@ class Agent:
         report = run_unit(spec, code, cuda_only=self.config.cuda_only)
         data = report.to_dict()
         state.unit = data
+        if data.get("ceilings"):
+            self._ceilings = data["ceilings"]
         state.best_speedup = _best_speedup(data)
         self.emit(ev.UnitResult(op=spec.name, attempt=state.attempt, passed=report.passed, result=data))
+        self._track().log_unit(spec.name, data, attempt=state.attempt, passed=report.passed)
         if not report.passed:
             return False, report.failure_message(), "unit"
         return True, None, "unit"
@@ -269,7 +283,13 @@ class Agent:
     def generate_op(self, op: str, steering: str | None = None, failure: str | None = None) -> OpState:
         """Generate, validate and unit-test one operator, retrying with the error fed back.
         `failure` starts from the current kernel with that error (a kernel blamed end to end)."""
-        from fastkernels.agent.prompts import CodeExtractionError, build_generation_prompt, build_retry_prompt, extract_code
+        from fastkernels.agent.prompts import (
+            CodeExtractionError,
+            build_generation_prompt,
+            build_retry_prompt,
+            extract_code,
+            library_example,
+        )
 
         state = self.states[op]
         spec = state.spec
@@ -284,10 +304,12 @@ class Agent:
             note = self._steering_for(state)
             if code is not None and error is not None:
                 prompt = build_retry_prompt(spec, code, error, cuda_only=self.config.cuda_only, steering=note,
-                                            attempt=state.attempt)
+                                            attempt=state.attempt, device=self._device(),
+                                            example=library_example(spec, self.config.cuda_only))
                 self.emit(ev.RetryScheduled(op=op, attempt=state.attempt, reason=error.splitlines()[0][:200]))
             else:
-                prompt = build_generation_prompt(spec, self.config.cuda_only, steering=note)
+                prompt = build_generation_prompt(spec, self.config.cuda_only, steering=note, device=self._device(),
+                                                 example=library_example(spec, self.config.cuda_only))
             self._set(state, OpStatus.GENERATING)
             self.emit(ev.GenerationStarted(op=op, attempt=state.attempt, backend=self.backend.label))
             t0 = time.time()
@@ -296,6 +318,8 @@ class Agent:
                 completion = self.backend.generate(
                     prompt, lambda text: self.emit(ev.TextDelta(op=op, attempt=attempt, text=text)),
                     op=spec, attempt=attempt,
+                    on_retry=lambda n: self.emit(ev.StreamReset(op=op, attempt=attempt, reason=n.reason,
+                                                                discarded_chars=n.discarded_chars)),
                 )
             except Exception as exc:  # LLMError and friends: the attempt fails, the run goes on
                 msg = f"{type(exc).__name__}: {exc}"
@@ -306,16 +330,18 @@ class Agent:
                     break
                 continue
             try:
-                new_code = extract_code(completion.text)
+                new_code = extract_code(completion.text, spec.class_name)
             except CodeExtractionError as exc:
                 new_code, error = None, str(exc)
             self.emit(ev.GenerationFinished(
                 op=op, attempt=attempt, code=new_code, input_tokens=completion.input_tokens,
                 output_tokens=completion.output_tokens, seconds=time.time() - t0,
+                origin=getattr(completion, "origin", "generated"),
             ))
-            tracker.log_text(prompt_text(prompt), f"{op}/attempt_{attempt}/prompt.md")
-            tracker.log_text(completion.text, f"{op}/attempt_{attempt}/reply.md")
+            state.origin = getattr(completion, "origin", "generated")
             if new_code is None:
+                tracker.log_attempt(op, attempt, prompt=prompt_text(prompt), reply=completion.text, error=error,
+                                    level=spec.level, backend=self.backend.label, status="failed:extract")
                 self.emit(ev.ValidationFailed(op=op, attempt=attempt, error=error, stage="extract"))
                 state.last_error = error
                 self._set(state, OpStatus.INVALID)
@@ -324,8 +350,9 @@ class Agent:
                 state.previous_code = state.code
             passed, err, stage = self._check(state, new_code)
             code = new_code
-            tracker.log_kernel(op, level=spec.level, code=new_code, attempt=attempt, backend=self.backend.label,
-                               status="passed" if passed else f"failed:{stage}")
+            tracker.log_attempt(op, attempt, prompt=prompt_text(prompt), reply=completion.text, code=new_code,
+                                error=err, level=spec.level, backend=self.backend.label,
+                                status="passed" if passed else f"failed:{stage}")
             if passed:
                 state.code = new_code
                 state.last_error = None
@@ -441,10 +468,11 @@ class Agent:
         rows = []
         for op, s in self.states.items():
             rows.append({
-                "op": op, "status": s.status.value, "attempts": s.attempt,
+                "op": op, "status": s.status.value, "attempts": s.attempt, "origin": s.origin,
                 "correct": s.status in ACCEPTED, "speedup": s.best_speedup,
                 "roofline": _best_roofline(s.unit) if s.unit else None,
                 "path": str(s.path) if s.path else None, "error": s.last_error,
+                "timing_note": (s.unit or {}).get("timing_note", ""),
             })
         return {
             "model": self.config.model, "level": self.config.level, "tiny": self.config.tiny,
@@ -484,6 +512,21 @@ def _best_roofline(unit: dict | None) -> float | None:
         return None
     vals = [s.get("roofline_fraction") for s in unit.get("shapes", []) if s.get("roofline_fraction")]
     return max(vals) if vals else None
+
+
+def _cached_ceilings() -> dict | None:
+    """Ceilings cached by an earlier unit benchmark for GPU 0, looked up by its NVML name."""
+    try:
+        import pynvml
+
+        from fastkernels.bench.roofline import cache_path
+
+        pynvml.nvmlInit()
+        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        name = name.decode() if isinstance(name, bytes) else name
+        return json.loads(cache_path().read_text()).get(name)
+    except Exception:  # no NVIDIA GPU, no NVML, nothing cached yet
+        return None
 
 
 def _device_name() -> str:

@@ -81,11 +81,14 @@ class LiveProgress:
 
 def summary_table(summary: dict) -> Table:
     t = Table(title=f"{summary['model']} · level {summary['level']} · backend {summary['backend']}")
-    for col in ("operator", "status", "attempts", "correct", "speedup", "% of roofline", "file"):
+    for col in ("operator", "status", "from", "attempts", "correct", "speedup", "% of roofline", "file"):
         t.add_column(col)
+    notes = {r.get("timing_note") for r in summary["ops"] if r.get("timing_note")}
+    if notes:
+        t.caption = "; ".join(sorted(notes))
     for r in summary["ops"]:
         t.add_row(
-            r["op"], r["status"], str(r["attempts"]), "yes" if r["correct"] else "no",
+            r["op"], r["status"], r.get("origin") or "-", str(r["attempts"]), "yes" if r["correct"] else "no",
             f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
             f"{100 * r['roofline']:.0f}%" if r.get("roofline") else "-",
             r["path"] or "-",
