@@ -244,6 +244,7 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the prompt")
     p.add_argument("--out", default=None, help="also write the report as JSON to this file")
+    add_tracking_args(p)
 
 
 def _cmd_bench(args) -> int:

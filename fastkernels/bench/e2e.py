@@ -215,9 +215,15 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
     prompt_len, new_tokens = _defaults(tiny, prompt_len, new_tokens)
     if batch < 1 or prompt_len < 1 or new_tokens < 2:
         raise UsageError("need --batch >= 1, --prompt-len >= 1 and --new-tokens >= 2")
-    sets, names = {}, {}
+    from fastkernels.registry.tasks import load_task
+
+    sets, names, skipped = {}, {}, {}
     for set_name, cands in candidate_sets.items():
         codes, keys = _canonical(cands, lvl)
+        if not isinstance(cands, Mapping):  # a folder may hold kernels of other families' ops
+            unused = [k for k in codes if entry.family not in load_task(lvl, k.split("/", 1)[1]).FAMILIES]
+            skipped[set_name] = [f"skipped {k}: not an operator of {entry.family} models" for k in unused]
+            codes = {k: v for k, v in codes.items() if k not in unused}
         if not codes:
             where = cands if not isinstance(cands, Mapping) else "the candidates given"
             raise UsageError(f"no candidate kernels for level {lvl} in {where} "
@@ -270,6 +276,7 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
                 found = _blame(probe_payload, failing, probe_timeout, sink, why)
                 for k, why in found.items():
                     report.blamed[names[set_name][k]] = why
+        report.notes += skipped.get(set_name, [])
         for op, why in report.blamed.items():
             sink(ev.KernelBlamed(op=op, reason=why))
         _judge(report)
@@ -316,7 +323,7 @@ def _judge(r: E2EReport) -> None:
         reasons.append("no model-level measurement")
     r.passed = not reasons
     if r.passed:
-        speed = f", decode speedup {r.speedup_decode:.2f}x" if r.speedup_decode else ""
+        speed = f", decode speedup {r.speedup_decode:.2f}x" if r.speedup_decode and "cuda" in r.device else ""
         r.verdict = (f"pass: shadow check clean, logit error {r.logit_rel_error:.3g} vs noise floor "
                      f"{r.logit_rel_error_noise:.3g}, token match {r.token_match:.0%}{speed}")
     else:
@@ -684,9 +691,17 @@ def bench_command(args, console) -> int:
             with lock:
                 console.print(f"[dim]{escape(f'[{event.stage} {event.done}/{event.total}]')}[/] {escape(event.detail)}")
 
-    report = run_benchmark(args.model, args.level, candidates, tiny=args.tiny, prompt_len=args.prompt_len,
-                           new_tokens=args.new_tokens, batch=args.batch, device=args.device, seed=args.seed,
-                           sink=sink)
+    from fastkernels.bench.tracking import tracker
+
+    params = {"model": args.model, "level": args.level, "tiny": args.tiny, "candidates": str(candidates),
+              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed}
+    with tracker.start_run(f"bench {args.model}{' (tiny)' if args.tiny else ''} L{args.level}", params=params,
+                           root=True) as run:
+        report = run_benchmark(args.model, args.level, candidates, tiny=args.tiny, prompt_len=args.prompt_len,
+                               new_tokens=args.new_tokens, batch=args.batch, device=args.device, seed=args.seed,
+                               sink=sink)
+        run.log_e2e(report.to_dict(), passed=report.passed, token_match=report.token_match,
+                    speedup=report.speedup_decode)
     for item in report_renderables(report):
         console.print(item)
     if args.out:

@@ -210,3 +210,19 @@ def test_usage_errors_are_one_line():
     with pytest.raises(UsageError, match="no candidate implementations"):
         patch(model, {}, level=1)
     assert "forward" not in vars(model.model.layers[0].mlp)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe"])
+def test_library_triton_kernels_pass_the_shadow_check_in_the_model(family):
+    # The shipped kernels, run by the Triton interpreter on the model's real activations and
+    # layouts (rotary gets HF's strided q/k views; the MoE experts' gate/up come from a chunk).
+    from fastkernels.registry.tasks import library_dir
+
+    model = tiny(family)
+    with patch(model, str(library_dir(1).parent), level=1, shadow=True, strict=False) as handle:
+        prefill_and_decode(model, steps=1)
+        report = handle.shadow_report()
+    assert report.passed, report.failures
+    used = {f"L1/{op}" for op in task_names(1) if family in load_task(1, op).FAMILIES}
+    assert {op.op for op in report.ops if op.calls} == used
+    assert handle.notes == [f"{k} is not used by {family} models" for k in sorted({"L1/moe_router"} - used)]
