@@ -1,0 +1,206 @@
+"""The agent's orchestration: retries with the error fed back, parallel generation, atomic saves,
+resume after a kill, review and edits. Runs the real sandboxed validation on tiny models."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fastkernels import events as ev
+from fastkernels.agent.agent import Agent, AgentConfig, OpStatus
+from fastkernels.agent.llm import get_backend
+from fastkernels.agent.llm.base import Completion
+from fastkernels.registry.tasks import baseline_dir
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def fenced(code: str) -> str:
+    return f"Here is the kernel.\n\n```python\n{code}\n```\n"
+
+
+class Spy:
+    """Wraps a backend and keeps every prompt it is given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.label = inner.label
+        self.name = inner.name
+        self.prompts: list[tuple[str, int, str]] = []
+
+    def generate(self, prompt, on_text, *, op, attempt, on_retry=None):
+        self.prompts.append((op.name, attempt, str(prompt)))
+        return self.inner.generate(prompt, on_text, op=op, attempt=attempt, on_retry=on_retry)
+
+
+def test_validation_failure_is_fed_back_and_retried(tmp_path):
+    replies = tmp_path / "replies" / "rms_norm"
+    replies.mkdir(parents=True)
+    good = (baseline_dir(1) / "rms_norm.py").read_text()
+    bad = good.replace("class RMSNorm(", "class RmsNormKernel(")
+    (replies / "1.md").write_text(fenced(bad))
+    (replies / "2.md").write_text(fenced(good))
+    spy = Spy(get_backend(f"replay:{tmp_path / 'replies'}"))
+    rec = ev.Recorder()
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm"], skip_unit_tests=True,
+                              e2e=False, out_dir=tmp_path / "out"), sink=rec, backend=spy)
+    agent.discover()
+    state = agent.generate_op("rms_norm")
+
+    assert state.status == OpStatus.APPROVED and state.attempt == 2
+    failed = rec.of(ev.ValidationFailed)
+    assert len(failed) == 1 and "RMSNorm" in failed[0].error and "RmsNormKernel" in failed[0].error
+    assert [e.attempt for e in rec.of(ev.RetryScheduled)] == [2]
+    (_, a1, p1), (_, a2, p2) = spy.prompts
+    assert (a1, a2) == (1, 2)
+    assert failed[0].error.splitlines()[0] in p2, "the retry prompt must carry the validation error"
+    assert "RmsNormKernel" in p2 and "RmsNormKernel" not in p1, "the retry prompt must show the failed code"
+    saved = tmp_path / "out" / "L1" / "rms_norm.py"
+    assert saved.read_text() == good
+    assert json.loads(saved.with_suffix(".json").read_text())["status"] == "approved"
+
+
+def test_retries_stop_after_max_retries(tmp_path):
+    replies = tmp_path / "replies"
+    replies.mkdir()
+    (replies / "silu_and_mul.md").write_text("I cannot write this kernel.")  # no code at all
+    rec = ev.Recorder()
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["silu_and_mul"], max_retries=2,
+                              skip_unit_tests=True, e2e=False, out_dir=tmp_path / "out"),
+                  sink=rec, backend=get_backend(f"replay:{replies}"))
+    agent.discover()
+    state = agent.generate_op("silu_and_mul")
+    assert state.attempt == 3 and state.status == OpStatus.INVALID
+    assert [e.stage for e in rec.of(ev.ValidationFailed)] == ["extract"] * 3
+    assert not (tmp_path / "out" / "L1" / "silu_and_mul.py").exists()
+
+
+class SlowBackend:
+    """Streams the baseline back slowly, like a remote LLM: `seconds` per reply."""
+
+    name = "slow"
+    label = "slow test backend"
+
+    def __init__(self, seconds: float, hang_on: str | None = None):
+        self.seconds = seconds
+        self.hang_on = hang_on
+
+    def generate(self, prompt, on_text, *, op, attempt, on_retry=None):
+        if op.name == self.hang_on:
+            time.sleep(3600)
+        text = fenced(op.source_code)
+        steps = 10
+        for i in range(steps):
+            on_text(text[i * len(text) // steps:(i + 1) * len(text) // steps])
+            time.sleep(self.seconds / steps)
+        return Completion(text=text, origin="baseline")
+
+
+def test_operators_generate_in_parallel(tmp_path):
+    rec = ev.Recorder()
+    ops = ["rms_norm", "silu_and_mul", "embedding", "add_rms_norm"]
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=ops, skip_unit_tests=True, e2e=False,
+                              concurrency=4, out_dir=tmp_path / "out"), sink=rec, backend=SlowBackend(1.5))
+    agent.discover()
+    agent._generate_all(ops)
+    starts = {e.op: e.ts for e in rec.of(ev.GenerationStarted)}
+    ends = {e.op: e.ts for e in rec.of(ev.GenerationFinished)}
+    assert set(starts) == set(ops) and set(ends) == set(ops)
+    span = max(ends.values()) - min(starts.values())
+    # Four 1.5 s streams one after another would take 6 s; in parallel about 1.5 s.
+    assert span < 3.5, f"generation of 4 operators took {span:.1f} s: not parallel"
+    assert all(agent.states[o].status == OpStatus.APPROVED for o in ops)
+    assert len(rec.of(ev.TextDelta)) == 40
+
+
+def test_resume_after_kill_keeps_saved_kernels(tmp_path):
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_agent import SlowBackend
+        from fastkernels.agent.agent import Agent, AgentConfig
+        agent = Agent(AgentConfig(model={MODEL!r}, level=1, tiny=True, skip_unit_tests=True, e2e=False,
+                                  ops=["rms_norm", "silu_and_mul", "embedding"], concurrency=3,
+                                  out_dir={str(out)!r}), backend=SlowBackend(0.2, hang_on="embedding"))
+        agent.run()
+    """)
+    env = {**os.environ, "FASTKERNELS_TRACKING": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        done = [out / "L1" / f"{op}.json" for op in ("rms_norm", "silu_and_mul")]
+        while time.time() < deadline and not all(
+            p.exists() and json.loads(p.read_text())["status"] == "approved" for p in done
+        ):
+            assert proc.poll() is None, "the agent exited before it was killed"
+            time.sleep(0.2)
+        assert all(p.exists() for p in done), "kernels were not saved as they were accepted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "L1" / "embedding.py").exists()
+    for kernel in (out / "L1").glob("*.py"):  # a torn temp file may remain; never a torn kernel
+        compile(kernel.read_text(), str(kernel), "exec")
+
+    rec = ev.Recorder()
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, skip_unit_tests=True, e2e=False, resume=True,
+                              ops=["rms_norm", "silu_and_mul", "embedding"], out_dir=out),
+                  sink=rec, backend=get_backend("library"))
+    agent.discover()
+    summary = agent.run()
+    assert [e.op for e in rec.of(ev.GenerationStarted)] == ["embedding"]
+    assert summary["passing"] == 3
+    assert any("resumed: 2" in m.text for m in rec.of(ev.Message))
+
+
+def test_review_edit_approve_reject(tmp_path):
+    rec = ev.Recorder()
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm"], skip_unit_tests=True, e2e=False,
+                              auto_approve=False, out_dir=tmp_path / "out"),
+                  sink=rec, backend=get_backend("library"))
+    agent.discover()
+    state = agent.generate_op("rms_norm")
+    assert state.status == OpStatus.PENDING_REVIEW
+    assert agent._e2e_candidates() == {}, "with review on, nothing unapproved goes end to end"
+    broken = state.code.replace("class RMSNorm(", "class Nope(")
+    state = agent.submit_edit("rms_norm", broken)
+    assert state.status == OpStatus.INVALID
+    assert (tmp_path / "out" / "L1" / "rms_norm.py").read_text() == broken, "an edit is on disk at once"
+    state = agent.submit_edit("rms_norm", (baseline_dir(1) / "rms_norm.py").read_text())
+    assert state.status == OpStatus.PENDING_REVIEW
+    agent.approve("rms_norm")
+    assert set(agent._e2e_candidates()) == {"rms_norm"}
+    agent.reject("rms_norm")
+    assert agent._e2e_candidates() == {}
+    assert json.loads((tmp_path / "out" / "L1" / "rms_norm.json").read_text())["status"] == "rejected"
+
+
+def test_steering_note_reaches_the_next_prompt(tmp_path):
+    spy = Spy(get_backend("library"))
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm", "silu_and_mul"],
+                              skip_unit_tests=True, e2e=False, out_dir=tmp_path / "out"), backend=spy)
+    agent.discover()
+    agent.set_steering(None, "use a persistent grid")
+    agent.generate_op("rms_norm", steering="two rows per program")
+    agent.generate_op("silu_and_mul")
+    (op1, _, p1), (op2, _, p2) = spy.prompts
+    assert "use a persistent grid" in p1 and "two rows per program" in p1
+    assert "use a persistent grid" in p2 and "two rows per program" not in p2
+
+
+def test_unknown_op_and_bad_flags_are_clear(tmp_path):
+    from fastkernels.errors import UsageError
+
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["nope"], out_dir=tmp_path),
+                  backend=get_backend("library"))
+    with pytest.raises(UsageError, match="unknown operator"):
+        agent.discover()
+    with pytest.raises(UsageError, match="max-retries"):
+        AgentConfig(model=MODEL, level=1, max_retries=-1)
