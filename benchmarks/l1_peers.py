@@ -333,6 +333,8 @@ def run_case(op, model_id, shape_name, args, device, dtype, copy_bps, deadline, 
                 rec["times_ms"][name] = bench_ms(lambda fn=fn, fargs=fargs: fn(*fargs), smoke, args.rep_ms)
         except Exception as exc:  # noqa: BLE001 - one peer failing must not end the case
             rec["notes"].append(f"{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+    rec["autotuned"] = {name: str(obj.best_config) for name, obj in vars(lib_cache[op]).items()
+                        if name.endswith("_tuned") and getattr(obj, "best_config", None) is not None}
     t = rec["times_ms"]
     if "ours" in t:
         rec["ours_bytes_per_s"] = rec["bytes"] / (t["ours"] * 1e-3)
@@ -408,18 +410,23 @@ def sweep(args, device, dtype, copy_bps, deadline, lib_cache):
         return lib_cache[op], base, inputs, nbytes
 
     plans = []
+    # rms_norm / add_rms_norm: both launch shapes (one tile per program; persistent + cp.async
+    # prefetch) over warps and tile heights; the autotuner picks among 4 of these on its own.
+    launch = [(0, 1, 8), (0, 1, 16), (0, 1, 4), (4, 3, 8), (4, 2, 8), (8, 2, 4), (2, 4, 16)]
     m, base, (x,), nb = ctx("rms_norm", LLAMA, "prefill")
-    for bm, nw in [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 16)]:
-        plans.append((f"rms_norm llama prefill block_m={bm} warps={nw}", nb,
-                      lambda m=m, bm=bm, nw=nw, x=x, w=base.weight: m.rms_norm(x, w, 1e-5, block_m=bm, num_warps=nw)))
+    for ctas, stages, nw in launch:
+        for bm in (1, 2):
+            c = {"CTAS_PER_SM": ctas, "STAGES": stages, "num_warps": nw, "BLOCK_M": bm}
+            plans.append((f"rms_norm llama prefill {c}", nb, lambda m=m, c=c, x=x, w=base.weight: m.rms_norm(x, w, 1e-5, config=c)))
     m, base, (x,), nb = ctx("rms_norm", QWEN3, "qk_norm_prefill")
-    for bm, nw in [(8, 2), (16, 4), (32, 4), (32, 8), (64, 8)]:
-        plans.append((f"rms_norm qwen3 qk-norm block_m={bm} warps={nw}", nb,
-                      lambda m=m, bm=bm, nw=nw, x=x, w=base.weight: m.rms_norm(x, w, 1e-6, block_m=bm, num_warps=nw)))
+    for ctas, stages, nw in launch[:4]:
+        c = {"CTAS_PER_SM": ctas, "STAGES": stages, "num_warps": nw}
+        plans.append((f"rms_norm qwen3 qk-norm {c}", nb, lambda m=m, c=c, x=x, w=base.weight: m.rms_norm(x, w, 1e-6, config=c)))
     m, base, (x, r), nb = ctx("add_rms_norm", LLAMA, "prefill")
-    for bm, nw in [(1, 4), (1, 8), (1, 16), (2, 16)]:
-        plans.append((f"add_rms_norm llama prefill block_m={bm} warps={nw}", nb,
-                      lambda m=m, bm=bm, nw=nw, x=x, r=r, w=base.weight: m.add_rms_norm(x, r, w, 1e-5, block_m=bm, num_warps=nw)))
+    for ctas, stages, nw in launch:
+        c = {"CTAS_PER_SM": ctas, "STAGES": stages, "num_warps": nw}
+        plans.append((f"add_rms_norm llama prefill {c}", nb,
+                      lambda m=m, c=c, x=x, r=r, w=base.weight: m.add_rms_norm(x, r, w, 1e-5, config=c)))
     m, base, (g, u), nb = ctx("silu_and_mul", LLAMA, "prefill")
     for bl, nw in [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (16384, 16)]:
         plans.append((f"silu_and_mul llama prefill block={bl} warps={nw}", nb,
@@ -449,7 +456,7 @@ def sweep(args, device, dtype, copy_bps, deadline, lib_cache):
         try:
             with torch.no_grad():
                 fn()
-                ms = bench_ms(fn, smoke, args.rep_ms)
+                ms = bench_ms(fn, smoke, max(20, args.rep_ms // 2))
             row = {"variant": name, "ms": ms}
             if nbytes:
                 row["bw_fraction"] = nbytes / (ms * 1e-3) / copy_bps
@@ -518,6 +525,7 @@ def markdown(meta, records, sweep_rows) -> str:
         elif r.get("op") == "attention" and "ours_bw_fraction" in r:
             items.append(f"ours streams the KV cache at {r['ours_bw_fraction']:.0%} of copy bandwidth")
         items.append(f"correctness vs eager: {r.get('check', '-')}")
+        items += [f"autotuner chose {name}: {cfg}" for name, cfg in r.get("autotuned", {}).items()]
         items += [f"no {n}: {why}" for n, why in r.get("missing", {}).items()]
         lines.append(f"{head}: " + "; ".join(items))
     missed = sum(v.startswith("MISSED") for r in records for v in r.get("verdicts", []))
@@ -531,7 +539,7 @@ def markdown(meta, records, sweep_rows) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for l1_peers.md and l1_peers.json")
-    ap.add_argument("--budget-s", type=float, default=225.0, help="wall-clock budget; compile and sweep stop past it")
+    ap.add_argument("--budget-s", type=float, default=200.0, help="wall-clock budget; compile and sweep stop past it")
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per variant")
     ap.add_argument("--ops", default="", help="comma-separated ops to run (default: all)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile peers")

@@ -100,19 +100,25 @@ def _randn(*size, dtype=torch.float32, seed=0, scale=1.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
-def test_rms_norm_layouts_and_tiles(dtype):
+def test_rms_norm_layouts_and_launch_shapes(dtype):
     m = lib("rms_norm")
     base = load_task(1, "rms_norm").RMSNorm
-    # (rows, width, block_m override): a Qwen2.5 row (3584 = 7 * 512), a token of one, a ragged
-    # last tile of several rows per program, a width smaller than one tile.
-    for rows, width, block_m in [(2, 3584, None), (1, 4096, None), (37, 48, 8), (5, 130, 2)]:
+    # (rows, width): a Qwen2.5 row (3584 = 7 * 512), a token of one, several rows per tile with a
+    # ragged last tile, a width smaller than one tile
+    for rows, width in [(2, 3584), (1, 4096), (37, 48), (5, 130)]:
         ref = base(width, eps=1e-5).to(dtype)
         with torch.no_grad():
             ref.weight.copy_(1 + 0.5 * _randn(width, seed=1))
         x = _randn(rows, width, dtype=dtype, seed=rows)
-        assert_matches(m.rms_norm(x, ref.weight, 1e-5, block_m=block_m), ref(x), f"rms_norm {rows}x{width}")
-    # strided rows (every other row of a bigger tensor) and a 3-D input
+        assert_matches(m.rms_norm(x, ref.weight, 1e-5), ref(x), f"rms_norm {rows}x{width}")
+    # every autotune config (the GPU picks one): persistent ones loop over several tiles per
+    # program here (the CPU counts as 4 SMs), with 2-row tiles and a ragged end
+    x = _randn(45, 64, dtype=dtype, seed=7)
     ref = base(64).to(dtype)
+    for cfg in m._CONFIGS:
+        c = {**cfg.kwargs, "num_warps": cfg.num_warps, "BLOCK_M": 2}
+        assert_matches(m.rms_norm(x, ref.weight, 1e-6, config=c), ref(x), f"rms_norm {c}")
+    # strided rows (every other row of a bigger tensor) and a 3-D input
     x = _randn(20, 64, dtype=dtype, seed=3)[::2]
     assert_matches(m.RMSNorm(64).to(dtype)(x), ref(x), "rms_norm strided rows")
     x3 = _randn(2, 3, 64, dtype=dtype, seed=4)
@@ -120,7 +126,7 @@ def test_rms_norm_layouts_and_tiles(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
-def test_add_rms_norm_layouts(dtype):
+def test_add_rms_norm_layouts_and_launch_shapes(dtype):
     m = lib("add_rms_norm")
     base = load_task(1, "add_rms_norm").AddRMSNorm(3584, eps=1e-6).to(dtype)
     x, r = _randn(3, 3584, dtype=dtype, seed=1), _randn(3, 3584, dtype=dtype, seed=2, scale=4)
@@ -129,7 +135,9 @@ def test_add_rms_norm_layouts(dtype):
     base = load_task(1, "add_rms_norm").AddRMSNorm(48).to(dtype)
     x = _randn(30, 96, dtype=dtype, seed=3)[:, :48]  # strided rows
     r = _randn(48, 30, dtype=dtype, seed=4).t()  # column-major: gets copied
-    assert_matches(m.add_rms_norm(x, r, base.weight, 1e-6, block_m=4), base(x, r), "add_rms_norm strided")
+    for cfg in m._CONFIGS:
+        c = {**cfg.kwargs, "num_warps": cfg.num_warps, "BLOCK_M": 4}
+        assert_matches(m.add_rms_norm(x, r, base.weight, 1e-6, config=c), base(x, r), f"add_rms_norm {c}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])

@@ -1,13 +1,17 @@
-"""Residual add fused with RMSNorm in one Triton pass: each program loads a tile of rows of x and
+"""Residual add fused with RMSNorm in one Triton pass: a program loads a tile of rows of x and
 residual once, writes residual_out = residual + x (rounded to the stream's dtype, as the eager add
 is), and normalises that rounded sum from registers. Bytes: read 2 tensors, write 2, nothing else;
 at 4096 x 4096 bf16 that is 128 MiB, ~44 us at the H100's ~3 TB/s copy bandwidth, where eager
 runs the add plus the 6 kernels of RMSNorm and moves ~3x the bytes.
 
 The normalised value is cast to the input dtype BEFORE the weight multiply, as the HF module does.
+Launch shapes as in rms_norm.py: one tile per program, or persistent programs whose next tiles are
+prefetched into shared memory (cp.async); a bounded autotune (4 configs) picks on the GPU for
+prefill-sized inputs, decode-sized ones take the one-tile-per-program launch untuned.
 """
 
 import functools
+import os
 
 import torch
 import triton
@@ -27,40 +31,86 @@ def _add_rms_norm_kernel(
     x_row_stride,
     res_row_stride,
     eps,
+    row_bucket,  # autotune key only: the power-of-two bucket of n_rows
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    CTAS_PER_SM: tl.constexpr,  # 0: one tile per program; else the grid is SMs x this (persistent)
+    STAGES: tl.constexpr,  # tiles in flight per program (>1: cp.async prefetch into shared memory)
 ):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_progs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
-    mask = (rows < n_rows)[:, None] & col_mask[None, :]
-    rows64 = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
+    w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)  # once per program
+    n_tiles = tl.cdiv(n_rows, BLOCK_M)
+    for tile in tl.range(pid, n_tiles, n_progs, num_stages=STAGES):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (rows < n_rows)[:, None] & col_mask[None, :]
+        rows64 = rows.to(tl.int64)  # rows * stride overflows int32 past 2**31 elements
+        x = tl.load(x_ptr + rows64[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0)
+        r = tl.load(res_ptr + rows64[:, None] * res_row_stride + cols[None, :], mask=mask, other=0.0)
+        # The residual stream is kept in its own dtype: round the sum once, store it, and normalise
+        # the rounded value (what the next layer will read back), exactly as eager does.
+        s = (r.to(tl.float32) + x.to(tl.float32)).to(res_out_ptr.dtype.element_ty)
+        out_offs = rows64[:, None] * n_cols + cols[None, :]  # both outputs are fresh contiguous tensors
+        tl.store(res_out_ptr + out_offs, s, mask=mask)
+        sf = s.to(tl.float32)
+        rstd = tl.math.rsqrt(tl.sum(sf * sf, axis=1) / n_cols + eps)
+        h = (sf * rstd[:, None]).to(s.dtype).to(tl.float32)
+        tl.store(normed_ptr + out_offs, (h * w[None, :]).to(normed_ptr.dtype.element_ty), mask=mask)
 
-    x = tl.load(x_ptr + rows64[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0)
-    r = tl.load(res_ptr + rows64[:, None] * res_row_stride + cols[None, :], mask=mask, other=0.0)
-    w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
 
-    # The residual stream is kept in its own dtype: round the sum once, store it, and normalise the
-    # rounded value (what the next layer will read back), exactly as eager does.
-    s = (r.to(tl.float32) + x.to(tl.float32)).to(res_out_ptr.dtype.element_ty)
-    out_offs = rows64[:, None] * n_cols + cols[None, :]  # both outputs are fresh contiguous tensors
-    tl.store(res_out_ptr + out_offs, s, mask=mask)
+def _tile_m(n_cols: int, n_rows: int) -> int:
+    # ~4096 elements per operand per tile (one Llama row), as for RMSNorm.
+    return max(1, min(4096 // triton.next_power_of_2(n_cols), triton.next_power_of_2(max(n_rows, 1))))
 
-    sf = s.to(tl.float32)
-    rstd = tl.math.rsqrt(tl.sum(sf * sf, axis=1) / n_cols + eps)
-    h = (sf * rstd[:, None]).to(s.dtype).to(tl.float32)
-    tl.store(normed_ptr + out_offs, (h * w[None, :]).to(normed_ptr.dtype.element_ty), mask=mask)
+
+# Two operands in flight per thread instead of one; the same launch shapes as rms_norm.py
+# (sm_90 SASS: LDG.E.128 / STG.E.128, 40 registers at 8 warps, no spills).
+_CONFIGS = [
+    triton.Config({"CTAS_PER_SM": 0, "STAGES": 1}, num_warps=8),
+    triton.Config({"CTAS_PER_SM": 0, "STAGES": 1}, num_warps=16),
+    triton.Config({"CTAS_PER_SM": 4, "STAGES": 3}, num_warps=8),
+    triton.Config({"CTAS_PER_SM": 8, "STAGES": 2}, num_warps=4),
+]
+_add_rms_norm_tuned = triton.autotune(configs=_CONFIGS, key=["n_cols", "row_bucket"])(
+    triton.heuristics(
+        {
+            "BLOCK_N": lambda a: triton.next_power_of_2(a["n_cols"]),
+            "BLOCK_M": lambda a: _tile_m(a["n_cols"], a["n_rows"]),
+        }
+    )(_add_rms_norm_kernel)
+)
+_TUNE_MIN_ELEMENTS = 1 << 20  # below ~1M elements (256 Llama rows) launch latency dominates: no tuning
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:  # a device property, read once (no per-call query)
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def _grid(n_rows: int, block_m: int, ctas_per_sm: int, n_sms: int) -> tuple[int]:
+    tiles = triton.cdiv(n_rows, block_m)
+    return (tiles if not ctas_per_sm else min(tiles, n_sms * ctas_per_sm),)
 
 
 @functools.lru_cache(maxsize=256)  # pure in its ints: decode calls skip the Python arithmetic
-def add_rms_norm_config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps): ~4096 elements per operand per program (one Llama row), as
-    for RMSNorm; two operands in flight per thread instead of one, so the same 8 warps suffice."""
-    block_n = triton.next_power_of_2(n_cols)
-    block_m = max(1, min(4096 // block_n, triton.next_power_of_2(max(n_rows, 1))))
-    num_warps = max(1, min(16, block_m * block_n // 512))
-    return block_m, block_n, num_warps
+def add_rms_norm_config(n_rows: int, n_cols: int) -> dict:
+    """The untuned launch (decode, CPU interpreter): one tile per program, warps by tile size."""
+    block_m = _tile_m(n_cols, n_rows)
+    tile = block_m * triton.next_power_of_2(n_cols)
+    return {"BLOCK_M": block_m, "CTAS_PER_SM": 0, "STAGES": 1, "num_warps": max(1, min(16, tile // 512))}
 
 
 def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -69,15 +119,11 @@ def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
 
 
 def add_rms_norm(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-    *,
-    block_m: int | None = None,
-    num_warps: int | None = None,
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, *, config: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight * cast(s * rsqrt(mean(s^2) + eps)), s) with s = residual + x, over the last dim."""
+    """(weight * cast(s * rsqrt(mean(s^2) + eps)), s) with s = residual + x, over the last dim.
+
+    config = {"BLOCK_M", "CTAS_PER_SM", "STAGES", "num_warps"} (any subset) skips the tuner."""
     if x.shape != residual.shape:
         x, residual = torch.broadcast_tensors(x, residual)
     n_cols = x.shape[-1]
@@ -87,14 +133,19 @@ def add_rms_norm(
     res_out = torch.empty((n_rows, n_cols), dtype=sum_dtype, device=x.device)
     normed = torch.empty((n_rows, n_cols), dtype=torch.promote_types(weight.dtype, sum_dtype), device=x.device)
     if n_rows and n_cols:
-        bm, bn, nw = add_rms_norm_config(n_rows, n_cols)
-        bm = block_m or bm
-        nw = num_warps or nw
         w = weight if weight.is_contiguous() else weight.contiguous()
-        _add_rms_norm_kernel[(triton.cdiv(n_rows, bm),)](
-            x2, r2, w, normed, res_out, n_rows, n_cols, x2.stride(0), r2.stride(0), float(eps),
-            BLOCK_M=bm, BLOCK_N=bn, num_warps=nw,
-        )
+        n_sms = _sm_count(x.device)
+        args = (x2, r2, w, normed, res_out, n_rows, n_cols, x2.stride(0), r2.stride(0), float(eps),
+                triton.next_power_of_2(n_rows))
+        if config is None and n_rows * n_cols >= _TUNE_MIN_ELEMENTS and not _interpreting():
+            grid = lambda meta: _grid(n_rows, meta["BLOCK_M"], meta["CTAS_PER_SM"], n_sms)  # noqa: E731
+            _add_rms_norm_tuned[grid](*args)
+        else:
+            cfg = {**add_rms_norm_config(n_rows, n_cols), **(config or {})}
+            _add_rms_norm_kernel[_grid(n_rows, cfg["BLOCK_M"], cfg["CTAS_PER_SM"], n_sms)](
+                *args, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=triton.next_power_of_2(n_cols),
+                CTAS_PER_SM=cfg["CTAS_PER_SM"], STAGES=cfg["STAGES"], num_warps=cfg["num_warps"],
+            )
     return normed.reshape(x.shape), res_out.reshape(x.shape)
 
 
