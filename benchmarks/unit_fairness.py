@@ -130,8 +130,12 @@ def main() -> int:
         print(f"gate wall time (validate + unit, {rms.key}): cold {walls[0]['total_s']:.1f} s, "
               f"warm {walls[1]['total_s']:.1f} s, passed={walls[1]['passed']}", flush=True)
 
-    starts = [run_job("json:loads", "1", timeout=60, label="start").seconds for _ in range(3)]
-    torch_starts = [run_job("torch:get_num_threads", {}, timeout=120, label="start").seconds for _ in range(2)]
+    probe = "fastkernels.bench.sandbox:probe"
+    starts = [run_job(probe, {}, timeout=60, label="start").seconds for _ in range(3)]
+    torch_starts = [run_job(probe, {"torch": True}, timeout=120, label="start").seconds for _ in range(3)]
+    oob = run_job("tests.engine.cheats.faults:illegal_memory_access", {}, timeout=120, label="out-of-bounds kernel")
+    result["fault_illegal_memory_access"] = {"kind": oob.kind, "error": oob.error}
+    print(f"illegal memory access job: kind={oob.kind}: {oob.error}", flush=True)
     result["child_start_s"] = {"bare": min(starts), "importing_torch": min(torch_starts)}
     result["total_seconds"] = time.time() - started
 
@@ -159,10 +163,12 @@ def main() -> int:
                f"warm {g['warm']['total_s']:.1f} s."]
     cs = result["child_start_s"]
     md += [f"Sandbox child start: {cs['bare']:.2f} s bare, {cs['importing_torch']:.2f} s including `import torch`.",
+           f"Out-of-bounds Triton store in a job: kind `{oob.kind}`: {oob.error}",
            f"Total: {result['total_seconds']:.0f} s."]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    fair_ok = all(f["passed"] for f in result["fair"]) and all(c["caught"] for c in result["cheats"])
+    fair_ok = (all(f["passed"] for f in result["fair"]) and all(c["caught"] for c in result["cheats"])
+               and oob.kind == "cuda_error")
     return 0 if fair_ok else 1
 
 

@@ -238,6 +238,17 @@ def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str 
 
 # ---- the child side ------------------------------------------------------------------------
 
+def probe(payload: dict) -> dict:
+    """A job that does nothing but report what the child sees (to measure the cost of a start:
+    `{"torch": True}` adds importing torch)."""
+    out = {"cwd": os.getcwd(), "interpret": os.environ.get("TRITON_INTERPRET"), "python": sys.version.split()[0]}
+    if payload.get("torch"):
+        import torch
+
+        out.update(torch=torch.__version__, cuda=torch.cuda.is_available())
+    return out
+
+
 def _child_main() -> None:
     target, io_dir = sys.argv[1], Path(sys.argv[2])
     limit = os.environ.pop("FASTKERNELS_JOB_MEMORY_MB", None)

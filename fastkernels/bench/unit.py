@@ -81,6 +81,7 @@ class ShapeResult:
     bytes_per_s: float | None = None
     flops_per_s: float | None = None
     roofline_fraction: float | None = None
+    compile_cached: bool = False  # baseline_compile_ms read from this GPU's cache, not measured now
 
 
 @dataclass
@@ -545,6 +546,11 @@ def _profile_kernels(fn, args, workdir):
         events = json.load(fh).get("traceEvents", [])
     os.remove(path)
     del marker
+    return kernels_from_trace(events)
+
+
+def kernels_from_trace(events: list[dict]):
+    """(stream of the first kernel - the marker -, [(name, stream) of every later kernel])."""
     kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e.get("ts", 0))
     if not kernels:
         return None, []
@@ -577,21 +583,68 @@ def _gpu_kernel_check(spec, cls, shape, dtype, device, payload):
     before = _Launches.count
     home, kernels = _profile_kernels(cand, inputs, os.getcwd())
     launched = _Launches.count - before
-    names = payload["kernel_names"]
+    judge_kernels(home, kernels, payload["kernel_names"], launched, require_kernel=payload["require_kernel"],
+                  cuda_only=payload["cuda_only"])
+
+
+def judge_kernels(home, kernels, names, launched: int, *, require_kernel: bool, cuda_only: bool) -> None:
+    """The verdict on the kernels one forward launched (from the profiler); raises _Reject."""
     own = [k for k, _ in kernels if any(n in k for n in names)]
     off_stream = sorted({k for k, s in kernels if home is not None and s != home})
     if off_stream:
         raise _Reject(f"kernel(s) ran on a stream other than the caller's ({', '.join(off_stream)[:200]}): work "
                       "on a side stream escapes synchronisation and the timer; launch on the current stream")
-    if not own and launched == 0 and payload["require_kernel"]:
+    if not own and launched == 0 and require_kernel:
         seen = ", ".join(sorted({k[:60] for k, _ in kernels})[:6]) or "none"
         raise _Reject(f"the profiler saw no kernel of the candidate's own ({', '.join(names) or 'it defines none'}) "
                       f"during forward; kernels that ran: {seen}. The result came from framework ops")
-    if payload["cuda_only"]:
+    if cuda_only:
         framework = sorted({k for k, _ in kernels if k not in own and not any(a in k for a in _ALLOWED_FRAMEWORK)})
         if framework:
             raise _Reject(f"--cuda-only: framework compute kernel(s) ran during forward: "
                           f"{'; '.join(x[:80] for x in framework[:4])}. Do all the computation in your CUDA kernel")
+
+
+def _compile_key(spec, shape, dtype) -> str:
+    """What a compiled baseline's time depends on: GPU, torch, the baseline's code, weights' shapes."""
+    import hashlib
+    import json
+
+    import torch
+
+    code = hashlib.sha1(spec.source_code.encode()).hexdigest()[:12]
+    dims = json.dumps({"init": spec.init_args_for(shape), "shape": spec.shapes[shape]}, sort_keys=True)
+    return f"{torch.cuda.get_device_name()}|torch {torch.__version__}|{spec.key}|{code}|{dims}|{dtype}"
+
+
+def _compile_cache_path():
+    from fastkernels.bench.roofline import cache_path
+
+    return cache_path().parent / "compiled_baseline_ms.json"
+
+
+def _compile_cache() -> dict:
+    import json
+
+    try:
+        return json.loads(_compile_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _compile_cache_put(key: str, ms: float) -> None:
+    """torch.compile of a baseline takes seconds to a minute per shape and does not depend on the
+    candidate: measured once per GPU, torch version and baseline, then read back."""
+    import json
+    import os
+
+    data = _compile_cache()
+    data[key] = ms
+    path = _compile_cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings):
@@ -616,13 +669,19 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
             cand_ms.append(bench_gpu(cand, sets).median_ms)
         result.candidate_ms, result.baseline_eager_ms = min(cand_ms), min(eager_ms)
         if payload.get("compile_baseline", True):
-            try:
-                compiled = torch.compile(copy.deepcopy(baseline), dynamic=False)
-                for args in sets[:2]:
-                    compiled(*args)
-                result.baseline_compile_ms = bench_gpu(compiled, sets).median_ms
-            except Exception as exc:  # noqa: BLE001 - a compile failure is a missing number, not a verdict
-                result.reason += f"; torch.compile baseline failed: {type(exc).__name__}"
+            key = _compile_key(spec, shape, dtype)
+            cached = _compile_cache().get(key)
+            if cached is not None:
+                result.baseline_compile_ms, result.compile_cached = cached, True
+            else:
+                try:
+                    compiled = torch.compile(copy.deepcopy(baseline), dynamic=False)
+                    for args in sets[:2]:
+                        compiled(*args)
+                    result.baseline_compile_ms = bench_gpu(compiled, sets).median_ms
+                    _compile_cache_put(key, result.baseline_compile_ms)
+                except Exception as exc:  # noqa: BLE001 - a compile failure is a missing number, not a verdict
+                    result.reason += f"; torch.compile baseline failed: {type(exc).__name__}"
         # Same tensors, new values: a kernel that memoised by address during timing is caught here.
         fresh = build_inputs(spec, shape, dtype, device, 999)
         for dst, src in zip(sets[0], fresh):
@@ -710,7 +769,8 @@ def _unit_job(payload: dict) -> dict:
                 _time_shape(spec, cls, res.shape, primary, device, payload, res, cost, report.ceilings)
             except _Reject as rej:
                 res.passed, res.reason = False, str(rej)
-        report.timing_note = (f"do_bench medians, L2 flushed, 4 rotating input sets, {primary}; "
+        cached = " (torch.compile baseline times from this GPU's cache)" if any(r.compile_cached for r in report.shapes) else ""
+        report.timing_note = (f"do_bench medians, L2 flushed, 4 rotating input sets, {primary}{cached}; "
                               "roofline vs the measured copy bandwidth (memory-bound) or bf16 matmul (compute-bound)")
         replaced = timing_mod.replaced_timers()
         if replaced:

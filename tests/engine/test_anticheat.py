@@ -24,6 +24,7 @@ EXPECTED = {
     "wrong_eps": (("bfloat16",), "where the epsilon matters"),
     "timer_patch": (("float32",), "replaced timing functions (triton.testing.do_bench)"),
     "side_stream": (("float32",), "uses a separate CUDA stream"),
+    "lowered_precision": (("float32",), "elements outside tolerance"),
     "correct_rms_norm": (("bfloat16", "float32"), None),
 }
 
@@ -82,3 +83,47 @@ def test_side_stream_hidden_from_static_check_is_caught_by_the_profiler():
     spec = build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True)
     report = run_unit(spec, (CHEATS / "side_stream_hidden.py").read_text(), seeds=1, timing=False)
     assert not report.passed and "stream other than the caller's" in report.failure_message()
+
+
+# ---- the GPU verdicts, on traces shaped like Kineto's chrome export (the decision logic runs on
+# any machine; the profiler that produces such traces needs a GPU) -----------------------------
+
+def _trace(*kernels):
+    events = [{"ph": "X", "cat": "cpu_op", "name": "aten::fill_", "ts": 0}]
+    for i, (name, stream) in enumerate(kernels):
+        events.append({"ph": "X", "cat": "kernel", "name": name, "pid": 0, "tid": stream, "ts": 10 + i,
+                       "args": {"stream": stream, "device": 0}})
+    return events
+
+
+def test_side_stream_kernel_is_rejected_from_the_trace():
+    from fastkernels.bench.unit import _Reject, judge_kernels, kernels_from_trace
+
+    home, kernels = kernels_from_trace(_trace(("FillFunctor marker", 7), ("_rms_norm_row", 13)))
+    assert home == 7 and kernels == [("_rms_norm_row", 13)]
+    with pytest.raises(_Reject, match="stream other than the caller's"):
+        judge_kernels(home, kernels, ["_rms_norm_row"], launched=1, require_kernel=True, cuda_only=False)
+    home, kernels = kernels_from_trace(_trace(("FillFunctor marker", 7), ("_rms_norm_row", 7)))
+    judge_kernels(home, kernels, ["_rms_norm_row"], launched=1, require_kernel=True, cuda_only=False)
+
+
+def test_framework_kernels_fail_cuda_only_and_pretenders_fail_always():
+    from fastkernels.bench.unit import _Reject, judge_kernels
+
+    ours = "_Z15rms_norm_kernelPK13__nv_bfloat16S1_PS_if"  # a mangled CUDA name contains the source name
+    framework = "void at::native::vectorized_elementwise_kernel<4, at::native::mul_kernel>"
+    judge_kernels(7, [(ours, 7)], ["rms_norm_kernel"], launched=0, require_kernel=True, cuda_only=True)
+    with pytest.raises(_Reject, match="framework compute kernel"):
+        judge_kernels(7, [(ours, 7), (framework, 7)], ["rms_norm_kernel"], launched=0, require_kernel=True,
+                      cuda_only=True)
+    with pytest.raises(_Reject, match="saw no kernel of the candidate's own"):
+        judge_kernels(7, [(framework, 7)], ["rms_norm_kernel"], launched=0, require_kernel=True, cuda_only=False)
+    # the baseline timed against itself runs only framework kernels, and may
+    judge_kernels(7, [(framework, 7)], [], launched=0, require_kernel=False, cuda_only=False)
+
+
+def test_kernel_names_are_read_from_the_source():
+    from fastkernels.bench.unit import kernel_names
+
+    cuda = 'src = """\ntemplate <int B>\n__global__ __launch_bounds__(256) void fused_norm(float* x) {}\n"""\n'
+    assert kernel_names((CHEATS / "correct_rms_norm.py").read_text() + cuda) == ["_rms_norm_row", "fused_norm"]

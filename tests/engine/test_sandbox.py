@@ -99,5 +99,16 @@ def test_unserialisable_result_is_an_exception():
 def test_child_start_is_cheap():
     # A job that imports nothing heavy pays one interpreter start: 0.07 s measured on this 2-core
     # box; importing torch alone takes 1.5-3 s here, so 1.5 s means nothing heavy loads eagerly.
-    best = min(job("echo").seconds for _ in range(3))
+    best = min(run_job("fastkernels.bench.sandbox:probe", {}, timeout=30, label="probe").seconds for _ in range(3))
     assert best < 1.5
+
+
+@pytest.mark.gpu
+def test_cuda_out_of_bounds_is_a_cuda_error():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: an illegal memory access only exists on one")
+    r = job("illegal_memory_access", timeout=120)
+    assert not r.ok and r.kind == "cuda_error", (r.kind, r.error)
+    assert r.error.startswith("job illegal_memory_access:")

@@ -57,3 +57,20 @@ def exhaust_memory(payload):
 
 def unserialisable(payload):
     return {"fn": echo}
+
+
+def illegal_memory_access(payload):
+    """A Triton kernel that stores far outside its buffer: on a GPU, an illegal memory access that
+    poisons the CUDA context (GPU only)."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _oob_store(ptr):
+        tl.store(ptr + (1 << 36), 1.0)
+
+    buf = torch.empty(16, device="cuda")
+    _oob_store[(1,)](buf)
+    torch.cuda.synchronize()
+    return "unreachable"
