@@ -99,3 +99,13 @@ def test_cli_bench(tmp_path, monkeypatch, capsys):
     report = json.loads(out_file.read_text())
     assert report["blamed"] and list(report["blamed"]) == ["L1/rms_norm"]
     assert "(layer 0)" in report["blamed"]["L1/rms_norm"]
+
+
+def test_a_kernel_that_kills_the_process_is_blamed_after_a_clean_control_run():
+    rec = Recorder()
+    cands = {"silu_and_mul": planted.SILU_CRASHES_ON_ONE_ROW, "rms_norm": str(baseline_dir(1) / "rms_norm.py")}
+    r = run_benchmark(MODELS["qwen2"], 1, cands, tiny=True, new_tokens=2, sink=rec, timeout=300)
+    assert not r.passed and "exited with status 139" in r.error
+    assert list(r.blamed) == ["silu_and_mul"] and "status 139" in r.blamed["silu_and_mul"]
+    details = [e.detail for e in rec.of(E2EProgress) if e.stage == "blame"]
+    assert "does the baseline alone run?" in details  # the crash is not the model's own
