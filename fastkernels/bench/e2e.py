@@ -262,7 +262,7 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
         if blame and (report.error or report.has_nan):
             failing = [k for k in codes if names[set_name][k] not in report.blamed]
             probe_payload = {**base_payload, "sets": {set_name: codes}}
-            probe_timeout = timeout if not tiny else min(timeout, 300.0)
+            probe_timeout = min(timeout, 300.0 if tiny else 900.0)  # each probe reloads the model
             if failing and job_failed:
                 sink(ev.E2EProgress(stage="blame", done=0, total=1, detail="does the baseline alone run?"))
                 control = _job("fastkernels.bench.e2e:_probe_job", {**probe_payload, "only": []}, probe_timeout,
