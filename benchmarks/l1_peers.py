@@ -430,11 +430,12 @@ def sweep(args, device, dtype, copy_bps, deadline, lib_cache):
     m, base, (g, u), nb = ctx("silu_and_mul", LLAMA, "prefill")
     for bl, nw in [(1024, 4), (2048, 4), (4096, 4), (4096, 8), (8192, 8), (16384, 16)]:
         plans.append((f"silu_and_mul llama prefill block={bl} warps={nw}", nb,
-                      lambda m=m, bl=bl, nw=nw, g=g, u=u: m.silu_and_mul(g, u, block=bl, num_warps=nw)))
+                      lambda m=m, c={"BLOCK": bl, "num_warps": nw}, g=g, u=u: m.silu_and_mul(g, u, config=c)))
     m, base, (q, k, cos, sin), nb = ctx("rotary_embedding", LLAMA, "prefill")
-    for hpp in (1, 2, 4, 8, 16):
-        plans.append((f"rotary llama prefill heads_per_prog={hpp}", nb,
-                      lambda m=m, hpp=hpp, q=q, k=k, c=cos, s=sin: m.apply_rotary(q, k, c, s, heads_per_prog=hpp)))
+    for bs, hpp, nw in [(16, 8, 4), (32, 4, 4), (16, 2, 4), (64, 2, 8), (16, 1, 4), (32, 8, 8), (8, 8, 2)]:
+        c = {"BLOCK_S": bs, "HEADS": hpp, "num_warps": nw}
+        plans.append((f"rotary llama prefill {c}", nb,
+                      lambda m=m, cfg=c, q=q, k=k, c=cos, s=sin: m.apply_rotary(q, k, c, s, config=cfg)))
     m, base, (q, k, v), nb = ctx("attention", LLAMA, "decode")
     for splits, bn, nw, ns in [(16, 64, 4, 3), (33, 64, 4, 3), (66, 64, 4, 2), (33, 128, 4, 2), (33, 32, 4, 4), (33, 64, 8, 3), (8, 64, 4, 4)]:
         plans.append((f"attention llama decode splits={splits} block_n={bn} warps={nw} stages={ns}", nb,

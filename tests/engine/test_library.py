@@ -148,7 +148,11 @@ def test_silu_and_mul_layouts(dtype):
     assert_matches(m.SiluAndMul()(g, u), f(g, u), "silu_and_mul decode 14336")
     gate_up = _randn(7, 2 * 300, dtype=dtype, seed=3, scale=2)  # views of a fused [T, 2I] projection
     g, u = gate_up[:, :300], gate_up[:, 300:]
-    assert_matches(m.silu_and_mul(g, u, block=256), f(g, u), "silu_and_mul fused-projection views")
+    assert_matches(m.silu_and_mul(g, u, config={"BLOCK": 256}), f(g, u), "silu_and_mul fused-projection views")
+    for cfg in m._CONFIGS:  # every autotune config, on a flat stream with a ragged last block
+        g, u = _randn(3, 1000, dtype=dtype, seed=6, scale=2), _randn(3, 1000, dtype=dtype, seed=7)
+        c = {**cfg.kwargs, "num_warps": cfg.num_warps}
+        assert_matches(m.silu_and_mul(g, u, config=c), f(g, u), f"silu_and_mul {c}")
     g, u = _randn(40, 9, dtype=dtype, seed=4).t(), _randn(40, 9, dtype=dtype, seed=5).t()
     assert_matches(m.SiluAndMul()(g, u), f(g, u), "silu_and_mul transposed")
 
@@ -165,9 +169,10 @@ def test_rotary_hf_layout_and_head_groups(dtype):
     ang = torch.cat([ang, ang], -1)
     cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
     want = ref(d)(q, k, cos, sin)
-    for hpp in (None, 1, 2, 8):  # 8 heads per program: a group that runs past the last head
-        got = m.apply_rotary(q, k, cos, sin, heads_per_prog=hpp)
-        assert_matches(got, want, f"rotary heads_per_prog={hpp}")
+    configs = [None, {"HEADS": 1}] + [{**c.kwargs, "num_warps": c.num_warps} for c in m._CONFIGS]
+    for cfg in configs:  # every autotune config; 8 heads per program runs past the last head
+        got = m.apply_rotary(q, k, cos, sin, config=cfg)
+        assert_matches(got, want, f"rotary {cfg}")
         assert got[0].stride() == want[0].stride(), "output layout differs from eager's"
     # cos/sin shared by the batch ([1, S, D]) broadcast like eager
     assert_matches(m.RotaryEmbedding(d)(q, k, cos[:1], sin[:1]), ref(d)(q, k, cos[:1], sin[:1]), "rotary cos [1,S,D]")

@@ -13,6 +13,7 @@ Rounding as eager: q*cos, rotate_half(q)*sin and their sum are each rounded to t
 """
 
 import functools
+import os
 
 import torch
 import triton
@@ -51,14 +52,16 @@ def _rope_heads(
 @triton.jit
 def _rope_kernel(
     q_ptr, k_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr,
-    seq_len, half, n_q_heads, n_k_heads, n_q_groups,
+    seq_len, half, n_q_heads, n_k_heads,
     q_sb, q_sh, q_ss, k_sb, k_sh, k_ss,
     qo_sb, qo_sh, qo_ss, ko_sb, ko_sh, ko_ss,
     c_sb, c_ss, sn_sb, sn_ss,
+    seq_bucket,  # autotune key only: the power-of-two bucket of batch * seq
     BLOCK_S: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     HEADS: tl.constexpr,
 ):
+    n_q_groups = tl.cdiv(n_q_heads, HEADS)
     pid_s = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2)
@@ -82,21 +85,35 @@ def _rope_kernel(
                     k_sb, k_sh, k_ss, ko_sb, ko_sh, ko_ss, s_offs, d_offs, mask, half, c1, c2, s1, s2, HEADS)
 
 
-@functools.lru_cache(maxsize=256)  # pure in its ints: decode calls skip the Python arithmetic
-def rope_config(batch: int, seq: int, half: int) -> tuple[int, int, int]:
-    """(BLOCK_S, heads_per_prog, num_warps).
+# Bounded autotune for prefill-sized inputs (4 configs): token-block height x heads per program.
+# (16, 8) reads cos/sin 5x from L2 at Llama's 32+8 heads with 1280 programs; the others trade that
+# reuse for more programs or longer contiguous runs per head. sm_90 SASS: LDG.E.128 / STG.E.128,
+# 48 registers at (16, 8, 4 warps), no spills.
+_CONFIGS = [
+    triton.Config({"BLOCK_S": 16, "HEADS": 8}, num_warps=4),
+    triton.Config({"BLOCK_S": 32, "HEADS": 4}, num_warps=4),
+    triton.Config({"BLOCK_S": 16, "HEADS": 2}, num_warps=4),
+    triton.Config({"BLOCK_S": 64, "HEADS": 2}, num_warps=8),
+]
+_rope_tuned = triton.autotune(configs=_CONFIGS, key=["n_q_heads", "n_k_heads", "half", "seq_bucket"])(_rope_kernel)
+_TUNE_MIN_ELEMENTS = 1 << 20  # decode (one token, 40 heads of 128) is launch-bound: no tuning
 
-    16 tokens x 128 dims = 2048 elements per head (4 KiB bf16) per loop step with 4 warps: one
-    16-byte load per thread per half. Prefill (256 token blocks at 4096 tokens) groups 8 heads per
-    program -> 5 programs per block at Llama's 32+8 heads, 1280 programs, cos/sin read 5x from L2
-    instead of 40x; decode (one token) gives every head its own program so 40 heads run in parallel.
-    """
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=256)  # pure in its ints: decode calls skip the Python arithmetic
+def rope_config(batch: int, seq: int, half: int) -> dict:
+    """The untuned launch {BLOCK_S, HEADS, num_warps}: 16 tokens x 128 dims = 2048 elements per head
+    (4 KiB bf16) per step with 4 warps, one 16-byte load per thread per half. Many token blocks group
+    8 heads per program; decode (one token) gives every head its own program, so 40 heads run in
+    parallel instead of 5 groups in series."""
     block_s = min(16, triton.next_power_of_2(max(seq, 1)))
     n_blocks = batch * triton.cdiv(seq, block_s)
-    heads_per_prog = 8 if n_blocks >= 128 else (2 if n_blocks >= 16 else 1)
+    heads = 8 if n_blocks >= 128 else (2 if n_blocks >= 16 else 1)
     tile = block_s * triton.next_power_of_2(half) * 2
-    num_warps = max(1, min(8, tile // 512))
-    return block_s, heads_per_prog, num_warps
+    return {"BLOCK_S": block_s, "HEADS": heads, "num_warps": max(1, min(8, tile // 512))}
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -104,10 +121,10 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads_per_prog: int | None = None
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, config: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B,Hq,S,D], k [B,Hkv,S,D], cos/sin [B or 1,S,D] -> (q_rot, k_rot), HF apply_rotary_pos_emb
-    with unsqueeze_dim=1."""
+    with unsqueeze_dim=1. config = {"BLOCK_S", "HEADS", "num_warps"} (any subset) skips the tuner."""
     bsz, n_q, seq, dim = q.shape
     n_k = k.shape[1]
     half = dim // 2
@@ -119,18 +136,25 @@ def apply_rotary(
     k_out = torch.empty_like(k, dtype=torch.promote_types(k.dtype, cos.dtype))
     if q.numel() == 0 and k.numel() == 0:
         return q_out, k_out
-    block_s, hpp, nw = rope_config(bsz, seq, half)
-    hpp = heads_per_prog or hpp
-    n_q_groups = triton.cdiv(n_q, hpp)
-    grid = (triton.cdiv(seq, block_s), bsz, n_q_groups + triton.cdiv(n_k, hpp))
-    _rope_kernel[grid](
-        q, k, cos, sin, q_out, k_out,
-        seq, half, n_q, n_k, n_q_groups,
+    args = (
+        q, k, cos, sin, q_out, k_out, seq, half, n_q, n_k,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
-        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
-        BLOCK_S=block_s, BLOCK_HALF=triton.next_power_of_2(max(half, 1)), HEADS=hpp, num_warps=nw,
+        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), triton.next_power_of_2(bsz * seq),
     )
+    block_half = triton.next_power_of_2(max(half, 1))
+
+    def grid(meta):
+        heads = meta["HEADS"]
+        return (triton.cdiv(seq, meta["BLOCK_S"]), bsz, triton.cdiv(n_q, heads) + triton.cdiv(n_k, heads))
+
+    if config is None and (q.numel() + k.numel()) >= _TUNE_MIN_ELEMENTS and not _interpreting():
+        _rope_tuned[grid](*args, BLOCK_HALF=block_half)
+    else:
+        cfg = {**rope_config(bsz, seq, half), **(config or {})}
+        _rope_kernel[grid(cfg)](
+            *args, BLOCK_S=cfg["BLOCK_S"], BLOCK_HALF=block_half, HEADS=cfg["HEADS"], num_warps=cfg["num_warps"]
+        )
     return q_out, k_out
 
 
