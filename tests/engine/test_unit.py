@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastkernels.bench.sandbox import cuda_present
 from fastkernels.bench.unit import TOLERANCES, UnitReport, _compare, _Reject, run_unit
 from fastkernels.registry.tasks import build_spec, library_dir
 
@@ -46,8 +47,11 @@ def reports():
 def test_real_triton_kernel_passes_and_cpu_timing_is_labelled(reports):
     r = reports["library_silu"]
     assert r.passed, r.failure_message()
-    assert r.device == "cpu" and "not meaningful" in r.timing_note
-    assert all(s.candidate_ms is None and s.speedup_vs_eager is None for s in r.shapes)
+    if cuda_present():  # on a GPU: timed, with speedups and a roofline fraction
+        assert all(s.candidate_ms > 0 and s.speedup_vs_eager > 0 and s.roofline_fraction > 0 for s in r.shapes)
+    else:
+        assert r.device == "cpu" and "not meaningful" in r.timing_note
+        assert all(s.candidate_ms is None and s.speedup_vs_eager is None for s in r.shapes)
     assert [s.shape for s in r.shapes] == ["prefill", "decode"]
     assert r.failure_message() == ""
 
@@ -55,7 +59,7 @@ def test_real_triton_kernel_passes_and_cpu_timing_is_labelled(reports):
 def test_baseline_against_itself_passes_only_when_kernels_are_not_required(reports):
     assert reports["baseline_as_candidate"].passed, reports["baseline_as_candidate"].failure_message()
     plain = reports["baseline_plain"]
-    assert not plain.passed and "no kernel of the candidate's own ran" in plain.failure_message()
+    assert not plain.passed and "no kernel of the candidate's own" in plain.failure_message()
 
 
 def test_crash_in_forward_is_attributed(reports):
@@ -84,9 +88,10 @@ def test_static_rejection_and_cuda_only_without_gpu_need_no_child():
     spec = build_spec(1, "rms_norm", MODEL, tiny=True)
     r = run_unit(spec, "class Nope:\n    pass\n")
     assert not r.passed and "no top-level class named 'RMSNorm'" in r.error and r.seconds == 0.0
-    r = run_unit(spec, GOOD.replace("import triton\n", "").replace("import triton.language as tl\n", ""),
-                 cuda_only=True)
-    assert not r.passed and "need a CUDA GPU" in r.error
+    if not cuda_present():
+        r = run_unit(spec, GOOD.replace("import triton\n", "").replace("import triton.language as tl\n", ""),
+                     cuda_only=True)
+        assert not r.passed and "need a CUDA GPU" in r.error
 
 
 # ---- the comparison rules, directly (no child needed: these are our tensors) -------------------
@@ -148,7 +153,7 @@ def test_check_command_exit_codes(capsys, tmp_path):
     good = str(CHEATS / "correct_rms_norm.py")
     assert main(["check", good, "--level", "1", "--tiny", "--seeds", "1"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps lines at the terminal width
-    assert "PASSED" in out and "not meaningful" in out
+    assert "PASSED" in out and ("not meaningful" in out or cuda_present())
     bad = str(CHEATS / "first_shape_only.py")
     assert main(["check", bad, "--level", "1", "--tiny", "--seeds", "1", "--json", str(tmp_path / "r.json")]) == 1
     out = " ".join(capsys.readouterr().out.split())
