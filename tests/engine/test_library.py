@@ -275,3 +275,45 @@ def test_unit_benchmark_passes_a_library_kernel():
     assert {(s.shape, s.dtype) for s in report.shapes} == {
         (shape, dt) for shape in spec.shapes for dt in ("bfloat16", "float32")
     }
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm", "silu_and_mul", "rotary_embedding", "attention"])
+def test_gpu_launch_path_with_every_tuned_config(op, monkeypatch):
+    """The autotuned launch that only a GPU takes (grid lambdas, heuristics, TMA pre_hook), run
+    under the interpreter one config at a time: a one-config autotuner launches without timing."""
+    m = lib(op)
+    (tuned,) = [v for name, v in vars(m).items() if name.endswith("_tuned")]
+    monkeypatch.setattr(m, "_interpreting", lambda: False)
+    monkeypatch.setattr(m, "_TUNE_MIN_ELEMENTS", 0, raising=False)
+    task = load_task(1, op)
+    dtype = torch.bfloat16
+    if op == "rms_norm":
+        ref = task.RMSNorm(96).to(dtype)
+        args = (_randn(37, 96, dtype=dtype, seed=1),)
+        ours = m.RMSNorm(96).to(dtype)
+    elif op == "add_rms_norm":
+        ref = task.AddRMSNorm(96).to(dtype)
+        args = (_randn(37, 96, dtype=dtype, seed=1), _randn(37, 96, dtype=dtype, seed=2, scale=4))
+        ours = m.AddRMSNorm(96).to(dtype)
+    elif op == "silu_and_mul":
+        ref, ours = task.SiluAndMul(), m.SiluAndMul()
+        args = (_randn(3, 5000, dtype=dtype, seed=1, scale=2), _randn(3, 5000, dtype=dtype, seed=2))
+    elif op == "rotary_embedding":
+        ref, ours = task.RotaryEmbedding(32), m.RotaryEmbedding(32)
+        ang = torch.rand(2, 40, 32, generator=_gen(3)) * 9
+        args = (_randn(2, 5, 40, 32, dtype=dtype, seed=1), _randn(2, 3, 40, 32, dtype=dtype, seed=2),
+                ang.cos().to(dtype), ang.sin().to(dtype))
+    else:  # fp16: the interpreter's tl.dot is right for fp16 operands (it is not for bf16)
+        dtype = torch.float16
+        monkeypatch.setattr(m, "_tma_ok", lambda *a: True)  # the descriptors + pre_hook path
+        ref, ours = task.Attention(4, 2, 16, 0.25), m.Attention(4, 2, 16, 0.25)
+        args = (_randn(1, 4, 130, 16, dtype=dtype, seed=1), _randn(1, 2, 130, 16, dtype=dtype, seed=2),
+                _randn(1, 2, 130, 16, dtype=dtype, seed=3))
+    if op != "attention":
+        ours.load_state_dict(ref.state_dict())
+    want = ref(*args)
+    for cfg in list(tuned.configs):
+        monkeypatch.setattr(tuned, "configs", [cfg])
+        with torch.no_grad():
+            got = ours(*args)
+        assert_matches(got, want, f"{op} tuned config {cfg}", tol_dtype="float16" if dtype == torch.float16 else None)
