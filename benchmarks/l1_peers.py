@@ -494,7 +494,10 @@ def markdown(meta, records, sweep_rows) -> str:
         f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}, transformers "
         f"{meta['transformers']}, liger_kernel {meta['liger_kernel']}; dtype {meta['dtype']}  ",
         f"Copy bandwidth (1 GiB D2D, read+write): {meta['copy_bytes_per_s'] / 1e12:.2f} TB/s  ",
-        f"Times: do_bench medians in microseconds, L2 flushed. BW% = task cost() bytes / time / copy bandwidth."
+        f"Times: do_bench medians in microseconds, L2 flushed. BW% = task cost() bytes / time / copy bandwidth. "
+        f"Attention: eager = HF eager_attention_forward (mask built outside the timing); sdpa = "
+        f"F.scaled_dot_product_attention(enable_gqa=True) alone, without the transpose + contiguous copy HF "
+        f"adds after it (ours writes [B, S, H, D] directly), so the comparison leans towards SDPA."
         + ("  \n**SMOKE RUN on CPU under the Triton interpreter: times mean nothing.**" if meta["smoke"] else ""),
         "",
         "| op | model | shape | MB | eager | compile | liger | sdpa | sdpa flash | ours | ours BW% | x eager | x compile | x liger |",
