@@ -226,3 +226,26 @@ def test_library_triton_kernels_pass_the_shadow_check_in_the_model(family):
     used = {f"L1/{op}" for op in task_names(1) if family in load_task(1, op).FAMILIES}
     assert {op.op for op in report.ops if op.calls} == used
     assert handle.notes == [f"{k} is not used by {family} models" for k in sorted({"L1/moe_router"} - used)]
+
+
+def test_deep_blocks_are_judged_against_the_fp32_baseline_like_the_unit_benchmark():
+    # A decoder layer in bf16 rounds many times: a correct kernel can differ from the bf16
+    # baseline by more than the flat tolerance, yet be as close to the fp32 baseline as the bf16
+    # baseline itself is. Twice the baseline's own error passes (the unit benchmark's rule).
+    from types import SimpleNamespace
+
+    from fastkernels.registry.patching import ShadowCheck
+
+    gen = torch.Generator().manual_seed(0)
+    ref32 = torch.randn(64, 64, generator=gen)
+    base = (ref32 + 0.05 * torch.randn(64, 64, generator=gen)).bfloat16()
+    close = (ref32 + 0.05 * torch.randn(64, 64, generator=gen)).bfloat16()
+    far = (ref32 + 0.2 * torch.randn(64, 64, generator=gen)).bfloat16()
+    shadow = ShadowCheck()
+    shadow.tolerances["L3/decoder_layer"] = (0.02, 0.02)
+    for name, cand in (("model.layers.0", close), ("model.layers.1", far)):
+        site = SimpleNamespace(key="L3/decoder_layer", name=name, layer=int(name[-1]), normalize=None)
+        shadow.compare(site, cand, base, False, reference=lambda: ref32)
+    good, bad = shadow.report().sites
+    assert good.passed and good.worst_ratio <= 1
+    assert not bad.passed and bad.worst_ratio > 1 and "off by up to" in bad.failure
