@@ -342,10 +342,12 @@ def attention_prefill(
     block_d = max(16, triton.next_power_of_2(dim))
     precision = _precision(q.dtype)
     if config is None and (_interpreting() or seq_q < 128 or q.dtype == torch.float32 or dim > 128):
-        # Short chunks, fp32 and the CPU interpreter: one safe config (fp32 tiles are twice the
-        # shared memory, so the bf16 configs may not fit).
-        bm = max(16, min(64, triton.next_power_of_2(seq_q)))
-        config = {"BLOCK_M": bm, "BLOCK_N": 32 if q.dtype == torch.float32 else 64, "num_warps": 4, "num_stages": 2}
+        # Short chunks, fp32 and the CPU interpreter: one safe config. fp32 tiles take twice the
+        # shared memory and 3-pass tf32 dots twice the registers: 32 x 32 is the largest tile that
+        # ptxas fits at head_dim 128 without spilling (255 registers; 64 x 32 spills 472 bytes).
+        fp32 = q.dtype == torch.float32
+        bm = max(16, min(32 if fp32 else 64, triton.next_power_of_2(seq_q)))
+        config = {"BLOCK_M": bm, "BLOCK_N": 32 if fp32 else 64, "num_warps": 4, "num_stages": 2}
     use_tma = _tma_ok(q, k, v, dim, block_d) if tma is None else bool(tma)
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -393,12 +395,20 @@ def attention_decode(
     scaling: float,
     *,
     n_splits: int | None = None,
-    block_n: int = 64,
-    num_warps: int = 4,
-    num_stages: int = 3,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """One new token per sequence (q [B,Hq,1,D]) over its whole cache k/v [B,Hkv,L,D] -> [B,1,Hq,D].
-    Split-K flash-decoding: two launches (partials, merge), or one when a single chunk suffices."""
+    Split-K flash-decoding: two launches (partials, merge), or one when a single chunk suffices.
+
+    bf16: 64-key blocks, 4 warps, 3 stages (87 registers, 70 KiB shared at head_dim 128, so 3
+    programs fit an SM). fp32: 32-key blocks, 8 warps, 2 stages (3-pass tf32 dots; 162 registers,
+    where the bf16 shape spills 72-96 bytes)."""
+    fp32 = q.dtype == torch.float32
+    block_n = block_n or (32 if fp32 else 64)
+    num_warps = num_warps or (8 if fp32 else 4)
+    num_stages = num_stages or (2 if fp32 else 3)
     bsz, n_heads, seq_q, dim = q.shape
     assert seq_q == 1
     n_kv, n_keys = k.shape[1], k.shape[2]
