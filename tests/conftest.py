@@ -2,8 +2,12 @@ import os
 
 import pytest
 
-# Kernels run under the Triton interpreter on CPU machines (the suite never needs a GPU).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from fastkernels.bench.sandbox import cuda_present
+
+# Kernels run under the Triton interpreter on CPU machines (the suite never needs a GPU); on a GPU
+# machine they compile for real (the `gpu`-marked tests run there).
+if not cuda_present():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests never write runs into the user's MLflow store (and skip MLflow's ~2-10 s startup); the
 # tracking tests point the tracker at a temporary store and turn it back on.
