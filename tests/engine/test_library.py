@@ -1,7 +1,8 @@
 """The kernel library (tasks/library/L1): each kernel computes what its baseline computes, for every
-family that uses the op, on every named shape of the tiny configs, in bf16 and fp32, under the
-Triton interpreter; then the layouts, sizes and block-size paths the registry's tiny shapes do not
-reach (strided views, non-power-of-two widths, split-K decode, every prefill autotune config).
+family that uses the op, on every named shape of the tiny configs, in bf16 and fp32 (under the
+Triton interpreter on a CPU machine; compiled and on the GPU where there is one); then the layouts,
+sizes and launch paths the registry's tiny shapes do not reach (strided views, non-power-of-two
+widths, split-K decode, every autotune config, the GPU-only autotuned launch code).
 
 Tolerances are the unit benchmark's (fastkernels.bench.unit.TOLERANCES, one definition):
 |ours - baseline| <= atol * rms(baseline) + rtol * |baseline|, with atol = rtol = 2e-2 in bf16 and
@@ -11,6 +12,7 @@ Library files are ours, so they are imported in-process (candidates only ever ru
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -25,6 +27,10 @@ from fastkernels.registry.tasks import build_baseline, build_inputs, library_dir
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
 DTYPES = (torch.bfloat16, torch.float32)
+# Under the interpreter (no GPU) kernels run on CPU tensors; on a GPU machine the same tests compile
+# the kernels for real and run them on the GPU.
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRETING else "cpu")
 MODEL_OF_FAMILY = {}
 for _m in known_models():
     MODEL_OF_FAMILY.setdefault(resolve(_m).family, _m)
@@ -65,10 +71,10 @@ def run_against_baseline(op: str, family: str, dtype, seed: int = 0):
     spec = build_spec(1, op, MODEL_OF_FAMILY[family], tiny=True)
     cls = getattr(lib(op), spec.class_name)
     for shape in spec.shapes:
-        base = build_baseline(spec, shape, dtype, "cpu", seed=seed)
-        ours = cls(**spec.init_args_for(shape)).to(dtype)
+        base = build_baseline(spec, shape, dtype, DEVICE, seed=seed)
+        ours = cls(**spec.init_args_for(shape)).to(DEVICE, dtype)
         ours.load_state_dict(base.state_dict())  # same parameter names as the baseline, strictly
-        inputs = build_inputs(spec, shape, dtype, "cpu", seed=100 + seed)
+        inputs = build_inputs(spec, shape, dtype, DEVICE, seed=100 + seed)
         saved = [x.clone() for x in inputs]
         with torch.no_grad():
             got = ours(*inputs)
@@ -96,7 +102,7 @@ def _gen(seed):
 
 
 def _randn(*size, dtype=torch.float32, seed=0, scale=1.0):
-    return (torch.randn(*size, generator=_gen(seed)) * scale).to(dtype)
+    return (torch.randn(*size, generator=_gen(seed)) * scale).to(DEVICE, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
@@ -106,7 +112,7 @@ def test_rms_norm_layouts_and_launch_shapes(dtype):
     # (rows, width): a Qwen2.5 row (3584 = 7 * 512), a token of one, several rows per tile with a
     # ragged last tile, a width smaller than one tile
     for rows, width in [(2, 3584), (1, 4096), (37, 48), (5, 130)]:
-        ref = base(width, eps=1e-5).to(dtype)
+        ref = base(width, eps=1e-5).to(DEVICE, dtype)
         with torch.no_grad():
             ref.weight.copy_(1 + 0.5 * _randn(width, seed=1))
         x = _randn(rows, width, dtype=dtype, seed=rows)
@@ -114,25 +120,25 @@ def test_rms_norm_layouts_and_launch_shapes(dtype):
     # every autotune config (the GPU picks one): persistent ones loop over several tiles per
     # program here (the CPU counts as 4 SMs), with 2-row tiles and a ragged end
     x = _randn(45, 64, dtype=dtype, seed=7)
-    ref = base(64).to(dtype)
+    ref = base(64).to(DEVICE, dtype)
     for cfg in m._CONFIGS:
         c = {**cfg.kwargs, "num_warps": cfg.num_warps, "BLOCK_M": 2}
         assert_matches(m.rms_norm(x, ref.weight, 1e-6, config=c), ref(x), f"rms_norm {c}")
     # strided rows (every other row of a bigger tensor) and a 3-D input
     x = _randn(20, 64, dtype=dtype, seed=3)[::2]
-    assert_matches(m.RMSNorm(64).to(dtype)(x), ref(x), "rms_norm strided rows")
+    assert_matches(m.RMSNorm(64).to(DEVICE, dtype)(x), ref(x), "rms_norm strided rows")
     x3 = _randn(2, 3, 64, dtype=dtype, seed=4)
-    assert_matches(m.RMSNorm(64).to(dtype)(x3), ref(x3), "rms_norm 3-D")
+    assert_matches(m.RMSNorm(64).to(DEVICE, dtype)(x3), ref(x3), "rms_norm 3-D")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
 def test_add_rms_norm_layouts_and_launch_shapes(dtype):
     m = lib("add_rms_norm")
-    base = load_task(1, "add_rms_norm").AddRMSNorm(3584, eps=1e-6).to(dtype)
+    base = load_task(1, "add_rms_norm").AddRMSNorm(3584, eps=1e-6).to(DEVICE, dtype)
     x, r = _randn(3, 3584, dtype=dtype, seed=1), _randn(3, 3584, dtype=dtype, seed=2, scale=4)
-    ours = m.AddRMSNorm(3584, eps=1e-6).to(dtype)
+    ours = m.AddRMSNorm(3584, eps=1e-6).to(DEVICE, dtype)
     assert_matches(ours(x, r), base(x, r), "add_rms_norm 3584")
-    base = load_task(1, "add_rms_norm").AddRMSNorm(48).to(dtype)
+    base = load_task(1, "add_rms_norm").AddRMSNorm(48).to(DEVICE, dtype)
     x = _randn(30, 96, dtype=dtype, seed=3)[:, :48]  # strided rows
     r = _randn(48, 30, dtype=dtype, seed=4).t()  # column-major: gets copied
     for cfg in m._CONFIGS:
@@ -165,7 +171,7 @@ def test_rotary_hf_layout_and_head_groups(dtype):
     b, s, hq, hkv, d = 2, 5, 7, 1, 128
     q = _randn(b, s, hq, d, dtype=dtype, seed=1).transpose(1, 2)
     k = _randn(b, s, hkv, d, dtype=dtype, seed=2).transpose(1, 2)
-    ang = torch.rand(b, s, d // 2, generator=_gen(3)) * 50
+    ang = torch.rand(b, s, d // 2, generator=_gen(3)).to(DEVICE) * 50
     ang = torch.cat([ang, ang], -1)
     cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
     want = ref(d)(q, k, cos, sin)
@@ -185,7 +191,7 @@ def _attention_ref64(q, k, v, scaling):
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     s, total = q.shape[2], k.shape[2]
     scores = q @ k.transpose(2, 3) * scaling
-    hidden = torch.arange(total)[None, :] > torch.arange(total - s, total)[:, None]
+    hidden = torch.arange(total, device=q.device)[None, :] > torch.arange(total - s, total, device=q.device)[:, None]
     return (scores.masked_fill(hidden, float("-inf")).softmax(-1) @ v).transpose(1, 2)
 
 
@@ -243,7 +249,7 @@ def test_moe_router_shapes(dtype):
     # non-power-of-two experts, a ragged last row block, top-8 of 128, no renormalisation
     for t, e, k, norm, cast in [(37, 60, 6, True, False), (70, 128, 8, False, True), (1, 8, 2, True, False)]:
         logits = torch.stack([torch.randperm(e, generator=_gen(i)) for i in range(t)]).float() / e * 4
-        logits = logits.to(dtype)  # distinct per row: no tie decides the order
+        logits = logits.to(DEVICE, dtype)  # distinct per row: no tie decides the order
         assert_matches(m.MoERouter(e, k, norm, cast)(logits), base(e, k, norm, cast)(logits), f"router {t, e, k}",
                        tol_dtype=dtype)
 
@@ -251,15 +257,15 @@ def test_moe_router_shapes(dtype):
 def test_embedding_shapes_and_bad_ids():
     m = lib("embedding")
     for b, s, v, h in [(1, 1, 300, 4096), (3, 70, 100, 96), (2, 5, 50, 3584)]:
-        emb = m.Embedding(v, h)
+        emb = m.Embedding(v, h).to(DEVICE)
         with torch.no_grad():
             emb.weight.copy_(_randn(v, h, seed=v))
-        ids = torch.randint(0, v, (b, s), generator=_gen(h))
+        ids = torch.randint(0, v, (b, s), generator=_gen(h)).to(DEVICE)
         assert torch.equal(emb(ids), torch.nn.functional.embedding(ids, emb.weight)), (b, s, v, h)
-    emb = m.Embedding(100, 16)
+    emb = m.Embedding(100, 16).to(DEVICE)
     with torch.no_grad():
         emb.weight.copy_(_randn(100, 16, seed=5))
-    out = emb(torch.tensor([[0, -1, 100, 99]]))  # out of range: zero rows, no fault
+    out = emb(torch.tensor([[0, -1, 100, 99]], device=DEVICE))  # out of range: zero rows, no fault
     assert torch.equal(out[0, 0], emb.weight[0]) and torch.equal(out[0, 3], emb.weight[99])
     assert out[0, 1].abs().sum() == 0 and out[0, 2].abs().sum() == 0 and not math.isnan(out.sum().item())
 
@@ -270,7 +276,7 @@ def test_unit_benchmark_passes_a_library_kernel():
     from fastkernels.bench.unit import run_unit
 
     spec = build_spec(1, "attention", MODEL_OF_FAMILY["qwen2"], tiny=True)
-    report = run_unit(spec, (library_dir(1) / "attention.py").read_text(), seeds=1)
+    report = run_unit(spec, (library_dir(1) / "attention.py").read_text(), seeds=1, timing=False)
     assert report.passed, report.failure_message()
     assert {(s.shape, s.dtype) for s in report.shapes} == {
         (shape, dt) for shape in spec.shapes for dt in ("bfloat16", "float32")
@@ -279,8 +285,9 @@ def test_unit_benchmark_passes_a_library_kernel():
 
 @pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm", "silu_and_mul", "rotary_embedding", "attention"])
 def test_gpu_launch_path_with_every_tuned_config(op, monkeypatch):
-    """The autotuned launch that only a GPU takes (grid lambdas, heuristics, TMA pre_hook), run
-    under the interpreter one config at a time: a one-config autotuner launches without timing."""
+    """The autotuned launch a GPU takes for prefill-sized inputs (grid lambdas, heuristics, TMA
+    pre_hook) on small inputs, one config at a time: a one-config autotuner launches untimed, so
+    this runs under the interpreter too."""
     m = lib(op)
     (tuned,) = [v for name, v in vars(m).items() if name.endswith("_tuned")]
     monkeypatch.setattr(m, "_interpreting", lambda: False)
@@ -288,19 +295,19 @@ def test_gpu_launch_path_with_every_tuned_config(op, monkeypatch):
     task = load_task(1, op)
     dtype = torch.bfloat16
     if op == "rms_norm":
-        ref = task.RMSNorm(96).to(dtype)
+        ref = task.RMSNorm(96).to(DEVICE, dtype)
         args = (_randn(37, 96, dtype=dtype, seed=1),)
-        ours = m.RMSNorm(96).to(dtype)
+        ours = m.RMSNorm(96).to(DEVICE, dtype)
     elif op == "add_rms_norm":
-        ref = task.AddRMSNorm(96).to(dtype)
+        ref = task.AddRMSNorm(96).to(DEVICE, dtype)
         args = (_randn(37, 96, dtype=dtype, seed=1), _randn(37, 96, dtype=dtype, seed=2, scale=4))
-        ours = m.AddRMSNorm(96).to(dtype)
+        ours = m.AddRMSNorm(96).to(DEVICE, dtype)
     elif op == "silu_and_mul":
         ref, ours = task.SiluAndMul(), m.SiluAndMul()
         args = (_randn(3, 5000, dtype=dtype, seed=1, scale=2), _randn(3, 5000, dtype=dtype, seed=2))
     elif op == "rotary_embedding":
         ref, ours = task.RotaryEmbedding(32), m.RotaryEmbedding(32)
-        ang = torch.rand(2, 40, 32, generator=_gen(3)) * 9
+        ang = torch.rand(2, 40, 32, generator=_gen(3)).to(DEVICE) * 9
         args = (_randn(2, 5, 40, 32, dtype=dtype, seed=1), _randn(2, 3, 40, 32, dtype=dtype, seed=2),
                 ang.cos().to(dtype), ang.sin().to(dtype))
     else:  # fp16: the interpreter's tl.dot is right for fp16 operands (it is not for bf16)
