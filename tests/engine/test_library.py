@@ -234,10 +234,13 @@ def test_attention_decode_split_k(dtype):
     m = lib("attention")
     # (B, Hq, Hkv, keys, D, splits): uneven last chunk, one chunk (no merge launch), more splits
     # than key blocks would give, a group of 8 query heads, head_dim 128
-    for b, hq, hkv, n, d, splits in [(2, 4, 2, 200, 16, 3), (1, 8, 1, 70, 16, 1), (1, 4, 2, 129, 128, 7), (3, 6, 2, 64, 16, None)]:
+    # and 25 splits of 16 keys (the merge sums partials 16 splits at a time)
+    cases = [(2, 4, 2, 200, 16, 3, None), (1, 8, 1, 70, 16, 1, None), (1, 4, 2, 129, 128, 7, None),
+             (3, 6, 2, 64, 16, None, None), (1, 2, 1, 400, 16, 25, 16)]
+    for b, hq, hkv, n, d, splits, block_n in cases:
         q = _randn(b, hq, 1, d, dtype=dtype, seed=1)
         k, v = _randn(b, hkv, n, d, dtype=dtype, seed=2), _randn(b, hkv, n, d, dtype=dtype, seed=3)
-        out = m.attention_decode(q, k, v, d**-0.5, n_splits=splits)
+        out = m.attention_decode(q, k, v, d**-0.5, n_splits=splits, block_n=block_n)
         check_attention(out, q, k, v, d**-0.5, f"decode {b, hq, hkv, n, d, splits}")
     assert m.decode_splits(1, 8, 4097, 64, 132) == (128, 33)  # Llama-3.1-8B decode: 264 programs
 

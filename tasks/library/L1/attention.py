@@ -252,22 +252,31 @@ def _attn_decode_merge_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     # out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s, one program per (sequence, query head).
+    # The [splits, D] partial outputs are summed CHUNK splits at a time: a register tile of all of
+    # them spills past 128 splits (255 registers + 104 bytes of stack at 256, head_dim 128).
     bh = tl.program_id(0)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
+    row0 = bh.to(tl.int64) * n_splits
     offs_s = tl.arange(0, BLOCK_SPLITS)
-    offs_d = tl.arange(0, BLOCK_D)
     s_mask = offs_s < n_splits
-    rows = bh.to(tl.int64) * n_splits + offs_s
-    m = tl.load(part_ml_ptr + rows * 2, mask=s_mask, other=float("-inf"))
-    l = tl.load(part_ml_ptr + rows * 2 + 1, mask=s_mask, other=0.0)
-    acc = tl.load(part_o_ptr + rows[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0)
+    m = tl.load(part_ml_ptr + (row0 + offs_s) * 2, mask=s_mask, other=float("-inf"))
+    l = tl.load(part_ml_ptr + (row0 + offs_s) * 2 + 1, mask=s_mask, other=0.0)
     m_max = tl.max(m, 0)
-    w = tl.math.exp2(m - m_max)  # a split with no keys has m = -inf -> weight 0
-    out = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
-    tl.store(o_ptr + b * so_b + h * so_h + offs_d, out.to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    l_sum = tl.sum(l * tl.math.exp2(m - m_max), 0)  # a split with no keys has m = -inf: weight 0
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_c = tl.arange(0, CHUNK)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for c0 in range(0, n_splits, CHUNK):
+        rows = c0 + offs_c
+        c_mask = rows < n_splits
+        w = tl.math.exp2(tl.load(part_ml_ptr + (row0 + rows) * 2, mask=c_mask, other=float("-inf")) - m_max)
+        part = tl.load(part_o_ptr + (row0 + rows)[:, None] * BLOCK_D + offs_d[None, :], mask=c_mask[:, None], other=0.0)
+        acc += tl.sum(part * w[:, None], 0)
+    tl.store(o_ptr + b * so_b + h * so_h + offs_d, (acc / l_sum).to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
 def _interpreting() -> bool:
@@ -440,7 +449,7 @@ def attention_decode(
     if not direct:
         _attn_decode_merge_kernel[(bsz * n_heads,)](
             part_o, part_ml, out, n_heads, splits, out.stride(0), out.stride(2),
-            HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_SPLITS=triton.next_power_of_2(splits), num_warps=4,
+            HEAD_DIM=dim, BLOCK_D=block_d, BLOCK_SPLITS=triton.next_power_of_2(splits), CHUNK=16, num_warps=4,
         )
     return out
 
