@@ -39,7 +39,7 @@ def _rope_heads(
         hx = h.to(tl.int64)
         x1 = tl.load(x_base + hx * x_sh, mask=m, other=0.0)
         x2 = tl.load(x_base + hx * x_sh + half, mask=m, other=0.0)
-        dt = x1.dtype
+        dt = o_ptr.dtype.element_ty  # eager rounds each op to the promoted (output) dtype
         x1f = x1.to(tl.float32)
         x2f = x2.to(tl.float32)
         # Each product rounds to the input dtype before the add, like the eager `q*cos + rot*sin`.
