@@ -17,6 +17,7 @@ from typing import Any, Callable
 from textual import on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -99,7 +100,7 @@ class FastKernelsApp(App):
     def main(self) -> MainScreen:
         return self.get_screen("main")  # type: ignore[return-value]
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         # Long-lived workers (metrics, the run, per-op jobs, e2e) each hold a thread; asyncio's
         # default pool is min(32, cores + 4) = 6 threads on a 2-core machine, too few.
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, thread_name_prefix="fk-ui-worker"))
@@ -117,7 +118,7 @@ class FastKernelsApp(App):
             self.set_keymap(settings["keymap"])
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.install_screen(MainScreen(mask_times=self.mask_times), name="main")
-        self.push_screen("main")
+        await self.push_screen("main")
         self._update_title()
         for w in warnings:
             self.notify(w, severity="warning")
@@ -183,13 +184,17 @@ class FastKernelsApp(App):
             self.main.apply_event(item, state)
 
     def on_metrics_sampled(self, message: MetricsSampled) -> None:
-        self.main.query_one(GpuPanel).update_snapshot(message.snapshot)
+        try:
+            panel = self.main.query_one(GpuPanel)
+        except NoMatches:  # a sample that lands while the app starts or shuts down
+            return
+        panel.update_snapshot(message.snapshot)
 
     @work(thread=True, exclusive=True, group="metrics", exit_on_error=False, name="metrics")
     def sample_metrics(self) -> None:
         worker = get_current_worker()
         try:
-            while not worker.is_cancelled:
+            while not (worker.is_cancelled or self._closing or self._closed):
                 self.post_message(MetricsSampled(self.sampler.sample()))
                 worker.cancelled_event.wait(self.sample_interval)
         finally:

@@ -99,8 +99,6 @@ def apply_event(view: OpView, event: ev.Event, now: float) -> str | None:
             view.status, view.last_error = "failed", event.error
             return f"\n✗ generation failed: {event.error}\n"
         view.status = "validating"
-        if event.code:
-            view.previous_code, view.code = view.code, event.code
         secs = f" in {event.seconds:.1f}s" if event.seconds else ""
         return f"\n── generated {view.tokens} tokens{secs}; validating ──\n"
     if isinstance(event, ev.ValidationFailed):
@@ -134,7 +132,10 @@ def sync_from_state(view: OpView, state: Any) -> None:
     status = getattr(state, "status", None)
     if status is not None:
         view.status = status_name(status)
-    for attr in ("attempt", "code", "previous_code", "best_speedup", "steering", "last_error"):
+    for attr in ("code", "previous_code"):  # the engine's, verbatim (None: there is none)
+        if hasattr(state, attr):
+            setattr(view, attr, getattr(state, attr))
+    for attr in ("attempt", "best_speedup", "steering", "last_error"):
         val = getattr(state, attr, None)
         if val is not None:
             setattr(view, attr, val)

@@ -31,18 +31,25 @@ class HelpScreen(ModalScreen[None]):
         table = Table(title="keys", box=None, padding=(0, 2))
         table.add_column("key", style="bold")
         table.add_column("action")
-        for key, binding in sorted(self._app_bindings(), key=lambda kb: kb[1].description):
-            table.add_row(self.app.get_key_display(binding), binding.description)
+        self.rows = [(self.app.get_key_display(b), b.description)
+                     for _, b in sorted(self._app_bindings(), key=lambda kb: kb[1].description)]
+        for key, description in self.rows:
+            table.add_row(key, description)
         with VerticalScroll(id="help-body"):
             yield Static(Text(INTRO))
             yield Static(table)
             yield Static(Text("escape closes", style="dim"))
 
     def _app_bindings(self):
+        """The app's bindings (footer-hidden ones too) and the editor's, after any user keymap."""
+        from fastkernels_tui.widgets.editor import KernelEditor
+
         seen = {}
         for key, binding in self.app._bindings:
-            if binding.show and binding.description and binding.action not in seen:
+            if binding.description and binding.action not in seen:
                 seen[binding.action] = (key, binding)
+        for binding in KernelEditor.BINDINGS:
+            seen.setdefault("editor." + binding.action, (binding.key, binding))
         return list(seen.values())
 
     async def action_dismiss(self, result=None) -> None:

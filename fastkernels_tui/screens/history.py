@@ -27,17 +27,7 @@ def load_runs(model: str | None, level: int | None, limit: int = 50) -> list[dic
     """Rows of past runs, newest first. Raises ImportError while tracking is not installed."""
     from fastkernels.bench import history
 
-    for name in ("list_runs", "recent_runs", "runs", "load_history"):
-        fn = getattr(history, name, None)
-        if fn is not None:
-            break
-    else:
-        raise ImportError("fastkernels.bench.history has no list_runs()")
-    try:
-        rows = fn(model=model, level=level, limit=limit)
-    except TypeError:  # an older signature without filters
-        rows = fn(limit=limit)
-    return [_as_dict(r) for r in rows]
+    return [_as_dict(r) for r in history.list_runs(model=model, level=level, limit=limit)]
 
 
 def _cell(row: dict, *keys: str) -> str:
@@ -82,10 +72,12 @@ class HistoryScreen(ModalScreen[None]):
     def _show(self, rows: list[dict]) -> None:
         table = self.query_one(DataTable)
         for r in rows:
-            table.add_row(_cell(r, "when", "start_time", "started"), _cell(r, "model"), _cell(r, "level"),
-                          _cell(r, "backend"), _cell(r, "passing", "kernels_passing"),
-                          _cell(r, "best_speedup", "speedup"), _cell(r, "e2e_token_match", "token_match"),
-                          _cell(r, "e2e_speedup"), _cell(r, "run_id", "id"))
+            best = r.get("best_speedups") or []
+            top = f"{best[0]['op']} {best[0]['speedup']:.2f}×" if best and isinstance(best[0], dict) else _cell(r, "best_speedup")
+            passing = (f"{r['kernels_passing']}/{r['kernels_total']}" if r.get("kernels_total") is not None
+                       else _cell(r, "kernels_passing", "passing"))
+            table.add_row(_cell(r, "when", "start_time"), _cell(r, "model"), _cell(r, "level"), _cell(r, "backend"),
+                          passing, top, _cell(r, "e2e_token_match"), _cell(r, "e2e_speedup"), _cell(r, "run_id"))
         self._show_note(f"past runs · {self.model or 'all models'} · {len(rows)} shown"
                         if rows else "no past runs recorded yet")
 

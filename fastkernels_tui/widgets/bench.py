@@ -57,7 +57,8 @@ class UnitPanel(Vertical):
             header.update(f"{view.name}: no unit results yet" if view else "no operator selected")
             bars.update("")
             return
-        note = (view.unit or {}).get("note") or ("timings not meaningful (no GPU)" if (view.unit or {}).get("meaningful") is False else "")
+        unit = view.unit or {}
+        note = unit.get("error") or unit.get("timing_note") or unit.get("note") or ""
         header.update(Text.assemble((view.name, "bold"), f" · unit results · attempt {view.attempt}" + (f" · {note}" if note else "")))
         for r in rows:
             ok = "✓" if r.passed else ("✗" if r.passed is False else "?")
@@ -83,13 +84,15 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
             out += _flatten(v, key + ".")
         elif isinstance(v, (int, float, str, bool)) or v is None:
             out.append((key, v))
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):
+            out.append((key, ", ".join(map(str, v))))
     return out
 
 
 class E2EPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("end-to-end: not run yet (b runs it on the approved kernels)", id="e2e-header")
-        yield ProgressBar(id="e2e-progress", show_eta=False)
+        yield ProgressBar(total=1, id="e2e-progress", show_eta=False)  # a total: no idle animation
         with VerticalScroll():
             yield DataTable(id="e2e-table", cursor_type="row", zebra_stripes=True)
 

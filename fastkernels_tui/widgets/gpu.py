@@ -46,6 +46,8 @@ class GpuPanel(VerticalScroll):
         yield Metric("RAM", id="host-ram")
 
     def update_snapshot(self, snap: MetricsSnapshot) -> None:
+        if not self.is_mounted:
+            return
         note = self.query_one("#gpu-note", Static)
         if self._gpu_count != len(snap.gpus):
             self._gpu_count = len(snap.gpus)

@@ -71,6 +71,7 @@ class OpTree(Tree[str]):
     def select_op(self, op: str) -> None:
         node = self._op_nodes.get(op)
         if node is not None:
+            self._tree_lines  # noqa: B018  (builds the line table: a new node has no line before it)
             self.move_cursor(node)
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:

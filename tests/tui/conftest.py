@@ -3,6 +3,9 @@ settings folder of the test's own (never the user's)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+
 import pytest
 
 from fastkernels.bench.gpu_metrics import GPUSample, HostSample, MetricsSnapshot
@@ -29,6 +32,16 @@ class FixedSampler:
         g = GPUSample(index=0, name="NVIDIA H100 80GB HBM3", util_pct=87.0, mem_used_mb=40960.0,
                       mem_total_mb=81920.0, temp_c=61.0, power_w=512.0, power_limit_w=700.0, sm_clock_mhz=1980.0)
         return MetricsSnapshot(ts=0.0, host=host, gpus=(g,))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Run `async def` tests of this folder in a fresh event loop (Textual's pilot is asyncio)."""
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+        asyncio.run(pyfuncitem.obj(**args))
+        return True
+    return None
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,18 +35,18 @@ def tiny_specs(model: str, level: int):
 
 
 def unit_report(op: str, attempt: int, speed: float) -> dict:
-    """A report in UnitReport.to_dict()'s shape (shapes list, ms timings, speedups, roofline)."""
-    return {
-        "op": op, "passed": True, "meaningful": False, "note": "CPU: timings not meaningful",
-        "shapes": [
-            {"shape": "prefill", "dtype": "bfloat16", "passed": True, "baseline_ms": 0.0200, "compile_ms": 0.0150,
-             "candidate_ms": round(0.02 / speed, 5), "speedup_vs_eager": speed, "speedup_vs_compile": speed * 0.75,
-             "roofline_fraction": 0.41},
-            {"shape": "decode", "dtype": "bfloat16", "passed": True, "baseline_ms": 0.0100, "compile_ms": 0.0090,
-             "candidate_ms": round(0.01 / (speed / 2), 5), "speedup_vs_eager": speed / 2,
-             "speedup_vs_compile": speed / 2 * 0.9, "roofline_fraction": 0.12},
-        ],
-    }
+    """A report as the engine's unit benchmark returns it (UnitReport.to_dict())."""
+    from fastkernels.bench.unit import ShapeResult, UnitReport
+
+    shapes = [
+        ShapeResult(shape="prefill", dtype="bfloat16", passed=True, baseline_eager_ms=0.02, baseline_compile_ms=0.015,
+                    candidate_ms=round(0.02 / speed, 5), speedup_vs_eager=speed, speedup_vs_compile=speed * 0.75,
+                    roofline_fraction=0.41),
+        ShapeResult(shape="decode", dtype="bfloat16", passed=True, baseline_eager_ms=0.01, baseline_compile_ms=0.009,
+                    candidate_ms=round(0.02 / speed, 5), speedup_vs_eager=speed / 2,
+                    speedup_vs_compile=speed / 2 * 0.9, roofline_fraction=0.12),
+    ]
+    return UnitReport(op=op, passed=True, shapes=shapes, device="fake", timing_note="fake timings (tests)").to_dict()
 
 
 @dataclass
@@ -59,6 +59,9 @@ class FakeAgent:
     ops: list | None = None  # restrict to these ops
     e2e_delay: float = 0.0
     hold: threading.Event | None = None  # when set by the test, generation waits on it
+    n_ops: int | None = None  # clone the discovered ops up to this many (op_2, ...)
+    repeat: int = 1  # stream the reply this many times over (long streams)
+    real_prompts: bool = False  # build the engine's real prompt (slow on first use: traces shapes)
 
     def __post_init__(self) -> None:
         self.backend = SimpleNamespace(label="fake backend (tests)", name="fake")
@@ -89,6 +92,9 @@ class FakeAgent:
     def discover(self):
         self.calls.append(("discover",))
         specs = [s for s in tiny_specs(self.options.model, self.options.level) if not self.ops or s.name in self.ops]
+        if self.n_ops:
+            base = list(specs)
+            specs = [replace(base[i % len(base)], name=f"{base[i % len(base)].name}_{i}") for i in range(self.n_ops)]
         self.states = {s.name: OpState(spec=s) for s in specs}
         self.emit(ev.Discovered(model_id=self.options.model, level=self.options.level, ops=[s.name for s in specs]))
         return specs
@@ -111,14 +117,17 @@ class FakeAgent:
                 break
             st.attempt += 1
             note = "\n".join(n for n in (self._steering_all, st.steering) if n) or None
-            prompt = build_generation_prompt(st.spec, False, steering=note)
-            self.prompts.append((op, f"{prompt.system}\n{prompt.user}"))
+            if self.real_prompts:
+                prompt = build_generation_prompt(st.spec, False, steering=note)
+                self.prompts.append((op, f"{prompt.system}\n{prompt.user}"))
+            else:
+                self.prompts.append((op, f"write {st.spec.class_name}\n{note or ''}"))
             st.status = OpStatus.GENERATING
             self.emit(ev.GenerationStarted(op=op, attempt=st.attempt, backend=self.backend.label))
             if self.hold is not None:
                 self.hold.wait(10)
             code = st.spec.source_code.replace("import torch\n", f"import torch  # candidate attempt {st.attempt}\n", 1)
-            text = f"Here is a faster {st.spec.class_name}.\n\n```python\n{code}```\n"
+            text = f"Here is a faster {st.spec.class_name}.\n\n```python\n{code}```\n" * self.repeat
             for i in range(0, len(text), self.chunk_chars):
                 if self._cancel.is_set():
                     break
@@ -137,7 +146,7 @@ class FakeAgent:
                 self.emit(ev.RetryScheduled(op=op, attempt=st.attempt + 1, reason=err))
                 continue
             report = unit_report(op, st.attempt, 1.5 + 0.25 * st.attempt)
-            st.unit, st.best_speedup = report, report["shapes"][0]["speedup_vs_eager"]
+            st.unit, st.best_speedup = report, report["best_speedup"]
             self.emit(ev.UnitResult(op=op, attempt=st.attempt, passed=True, result=report))
             st.status, st.last_error = self._accept(), None
             self._save(st)
