@@ -164,6 +164,8 @@ class FastKernelsApp(App):
 
     def _booted(self, agent: Any, specs: list) -> None:
         self.agent = agent
+        if not self.is_running:
+            return
         views = []
         for spec in specs:
             views.append(OpView(name=spec.name, class_name=spec.class_name, baseline_code=spec.source_code))
@@ -175,7 +177,10 @@ class FastKernelsApp(App):
 
     # ---- engine events --------------------------------------------------------------------
     def on_engine_flush(self, _: EngineFlush) -> None:
-        for item in self.bridge.drain():
+        items = self.bridge.drain()
+        if not self.is_running:  # shutting down: the screens are going away
+            return
+        for item in items:
             if isinstance(item, dict):
                 self.main.apply_stream(item)
                 continue
@@ -184,6 +189,8 @@ class FastKernelsApp(App):
             self.main.apply_event(item, state)
 
     def on_metrics_sampled(self, message: MetricsSampled) -> None:
+        if not self.is_running:
+            return
         try:
             panel = self.main.query_one(GpuPanel)
         except NoMatches:  # a sample that lands while the app starts or shuts down
@@ -205,7 +212,7 @@ class FastKernelsApp(App):
     @on(Worker.StateChanged)
     def worker_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
-        if worker.group == "metrics":
+        if worker.group == "metrics" or not self.is_running:
             return
         if event.state == WorkerState.ERROR:
             exc = worker.error
@@ -248,12 +255,14 @@ class FastKernelsApp(App):
             if op is not None:
                 self.call_from_thread(self._refresh_op, op)
             if then is not None:
-                self.call_from_thread(then, result)
+                self.call_from_thread(lambda: self.is_running and then(result))
             return result
 
         return self.run_worker(job, name=name, group=group, thread=True, exclusive=True, exit_on_error=False)
 
     def _refresh_op(self, op: str) -> None:
+        if not self.is_running:
+            return
         self.main.refresh_op(op, self.agent.states.get(op) if self.agent else None)
 
     @work(thread=True, exclusive=True, group="pipeline", exit_on_error=False, name="run")
@@ -325,6 +334,8 @@ class FastKernelsApp(App):
                          op=op, then=lambda st: self._edit_checked(op, st))
 
     def _edit_checked(self, op: str, state: Any) -> None:
+        if not self.is_running:
+            return
         status = getattr(getattr(state, "status", None), "value", getattr(state, "status", "?"))
         self.main.add_log(f"{op}: edit checked → {status}")
         self.notify(f"{op}: your edit is {status}", title="edit")

@@ -47,6 +47,7 @@ class OpView:
     tokens: int = 0  # the backend's output tokens once a generation finished, else ~chars/4
     started: float | None = None
     finished: float | None = None
+    gen_seconds: float | None = None  # the engine's own timing of the finished generation
     best_speedup: float | None = None
     code: str | None = None
     previous_code: str | None = None
@@ -63,13 +64,16 @@ class OpView:
     def stream_text(self) -> str:
         return "".join(self.text)
 
-    def rate(self, now: float | None = None) -> float:
-        """Tokens per second of the current (or last) attempt."""
+    def rate(self, now: float | None = None) -> float | None:
+        """Tokens per second of the current (or last) attempt; None when not measurable (a
+        library reply arrives in one go: its rate says nothing)."""
+        if self.gen_seconds is not None:
+            return self.tokens / self.gen_seconds if self.gen_seconds >= 0.05 else None
         if self.started is None:
-            return 0.0
+            return None
         end = self.finished if self.finished is not None else (now or time.monotonic())
         dt = end - self.started
-        return self.tokens / dt if dt > 0 else 0.0
+        return self.tokens / dt if dt >= 0.05 else None
 
     @property
     def badge(self) -> tuple[str, str]:
@@ -88,11 +92,11 @@ def apply_event(view: OpView, event: ev.Event, now: float) -> str | None:
     if isinstance(event, ev.GenerationStarted):
         view.status, view.attempt, view.backend = "generating", event.attempt, event.backend
         view.chars = view.tokens = 0
-        view.started, view.finished = now, None
+        view.started, view.finished, view.gen_seconds = now, None, None
         sep = "\n" if view.text and not view.text[-1].endswith("\n") else ""
         return f"{sep}── attempt {event.attempt} · {event.backend} ──\n"
     if isinstance(event, ev.GenerationFinished):
-        view.finished = now
+        view.finished, view.gen_seconds = now, event.seconds
         if event.output_tokens:
             view.tokens = event.output_tokens
         if event.error:

@@ -98,7 +98,7 @@ class MainScreen(Screen):
     # ---- operators ------------------------------------------------------------------------
     def set_ops(self, title: str, level: int, views: list[OpView]) -> None:
         self.views = {v.name: v for v in views}
-        self.tree.set_model(title, level, views)
+        self.tree.set_model(title.split("/")[-1].replace(f" · L{level}", ""), level, views)
         if views:
             self.select(views[0].name)
             self.tree.select_op(views[0].name)

@@ -37,6 +37,7 @@ class OpTree(Tree[str]):
         self.root.set_label(Text(title, style="bold"))
         self._level_node = self.root.add(f"L{level} · {LEVEL_NAMES.get(level, '')}", expand=True)
         self._op_nodes = {}
+        self._width = max((len(v.name) for v in views), default=0)
         for v in views:
             self._op_nodes[v.name] = self._level_node.add_leaf(self._label(v), data=v.name)
         self.root.expand()
@@ -45,7 +46,7 @@ class OpTree(Tree[str]):
         mark, word = view.badge
         text = Text()
         text.append(f"{mark} ", style=self._style(view.status))
-        text.append(view.name)
+        text.append(view.name.ljust(getattr(self, "_width", 0)))
         if view.status == "generating" and view.attempt:
             word = f"{word} #{view.attempt}"
         text.append(f" {word}", style=self._style(view.status))

@@ -54,8 +54,10 @@ class StreamView(Vertical):
         t.append(f" · {view.tokens} tok")
         if self.mask_times:
             t.append(" · -- tok/s")
-        elif view.started is not None:
-            t.append(f" · {view.rate(now or time.monotonic()):.0f} tok/s")
+        else:
+            rate = view.rate(now or time.monotonic())
+            if rate is not None:
+                t.append(f" · {rate:.0f} tok/s")
         if view.steering:
             t.append(f"\nsteering: {view.steering}", style="italic")
         header.update(t)
