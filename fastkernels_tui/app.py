@@ -39,7 +39,7 @@ from fastkernels_tui.widgets.gpu import GpuPanel
 from fastkernels_tui.widgets.steering import SteeringBar
 
 HERE = Path(__file__).parent
-ENGINE_GROUPS = ("engine", "pipeline", "op", "edit", "review", "e2e")
+ENGINE_GROUPS = ("engine", "pipeline", "op", "edit", "review", "steer", "e2e")
 
 
 class MetricsSampled(Message):
@@ -94,6 +94,7 @@ class FastKernelsApp(App):
         self.agent: Any = None
         self.bridge = EventBridge(self)
         self.our_themes: list[str] = []
+        self.last_metrics: MetricsSnapshot | None = None
 
     # ---- start ----------------------------------------------------------------------------
     @property
@@ -189,6 +190,7 @@ class FastKernelsApp(App):
             self.main.apply_event(item, state)
 
     def on_metrics_sampled(self, message: MetricsSampled) -> None:
+        self.last_metrics = message.snapshot
         if not self.is_running:
             return
         try:
@@ -247,8 +249,10 @@ class FastKernelsApp(App):
         return op
 
     def _engine_job(self, fn: Callable[[], Any], *, name: str, group: str, op: str | None = None,
-                    then: Callable[[Any], None] | None = None) -> Worker:
-        """Run one blocking engine call in a thread worker; refresh the op from the agent after."""
+                    then: Callable[[Any], None] | None = None, exclusive: bool = False) -> Worker:
+        """Run one blocking engine call in a thread worker; refresh the op from the agent after.
+        `exclusive` cancels a not-yet-started job of the same group (per-op generation only: a
+        second approve or steering note must never drop the first)."""
 
         def job():
             result = fn()
@@ -258,7 +262,7 @@ class FastKernelsApp(App):
                 self.call_from_thread(lambda: self.is_running and then(result))
             return result
 
-        return self.run_worker(job, name=name, group=group, thread=True, exclusive=True, exit_on_error=False)
+        return self.run_worker(job, name=name, group=group, thread=True, exclusive=exclusive, exit_on_error=False)
 
     def _refresh_op(self, op: str) -> None:
         if not self.is_running:
@@ -285,7 +289,8 @@ class FastKernelsApp(App):
             self.notify("the whole run is generating; regenerate after it", severity="warning")
             return
         self.main.show_tab("stream")
-        self._engine_job(lambda: self.agent.generate_op(op), name=f"generate {op}", group=f"op:{op}", op=op)
+        self._engine_job(lambda: self.agent.generate_op(op), name=f"generate {op}", group=f"op:{op}", op=op,
+                         exclusive=True)
 
     def action_approve(self) -> None:
         self._review("approve")
@@ -311,7 +316,8 @@ class FastKernelsApp(App):
         if op is None and not message.all_ops:
             return
         target = "every operator" if op is None else op
-        self.agent.set_steering(op, message.note)  # a dict write under the agent's lock: instant
+        # in a worker: the agent's lock may be held by a save (fsync) on another thread
+        self._engine_job(lambda: self.agent.set_steering(op, message.note), name=f"steer {target}", group="steer")
         for name, view in self.main.views.items():
             if op is None or name == op:
                 view.add(f"» steering for the next attempt: {message.note}\n")
