@@ -16,7 +16,7 @@ from fastkernels import events as ev
 from fastkernels.agent.agent import Agent, AgentConfig, OpStatus
 from fastkernels.agent.llm import get_backend
 from fastkernels.agent.llm.base import Completion
-from fastkernels.registry.tasks import baseline_dir
+from fastkernels.registry.tasks import baseline_dir, library_dir
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -204,3 +204,38 @@ def test_unknown_op_and_bad_flags_are_clear(tmp_path):
         agent.discover()
     with pytest.raises(UsageError, match="max-retries"):
         AgentConfig(model=MODEL, level=1, max_retries=-1)
+
+
+def test_kernel_blamed_end_to_end_is_regenerated(tmp_path):
+    """A kernel that passes validation and the unit benchmark but raises inside the model: the
+    end-to-end run blames it, the agent regenerates it with the failure in the prompt, and the
+    second end-to-end run passes."""
+    good = (library_dir(1) / "rms_norm.py").read_text()
+    # The unit shapes of the tiny workload have 32 and 2 rows; decoding one sequence in the model
+    # hands the norm a single row.
+    model_only_bug = good.replace(
+        "        return rms_norm(x, self.weight, self.variance_epsilon)",
+        "        if x.numel() == x.shape[-1]:\n"
+        "            raise RuntimeError('flattened rows only')\n"
+        "        return rms_norm(x, self.weight, self.variance_epsilon)",
+    )
+    assert model_only_bug != good
+    replies = tmp_path / "replies" / "rms_norm"
+    replies.mkdir(parents=True)
+    (replies / "1.md").write_text(fenced(model_only_bug))
+    (replies / "2.md").write_text(fenced(good))
+    spy = Spy(get_backend(f"replay:{tmp_path / 'replies'}"))
+    rec = ev.Recorder()
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm"], blame_rounds=1,
+                              out_dir=tmp_path / "out"), sink=rec, backend=spy)
+    agent.discover()
+    summary = agent.run()
+
+    blamed = rec.of(ev.KernelBlamed)
+    assert blamed and blamed[0].op.endswith("rms_norm") and "flattened rows only" in blamed[0].reason
+    assert [a for _, a, _ in spy.prompts] == [1, 2]
+    assert "flattened rows only" in spy.prompts[1][2], "the regeneration prompt carries the run-time failure"
+    results = rec.of(ev.E2EResult)
+    assert [r.passed for r in results] == [False, True]
+    assert summary["passing"] == 1 and summary["e2e"]["passed"]
+    assert (tmp_path / "out" / "L1" / "rms_norm.py").read_text() == good
