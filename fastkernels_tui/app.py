@@ -154,7 +154,9 @@ class FastKernelsApp(App):
 
     def _update_title(self) -> None:
         label = getattr(getattr(self.agent, "backend", None), "label", None) or self.options.llm_model
-        self.sub_title = f"{self.options.title} · {label}" + (" · review" if not self.options.auto_approve else "")
+        jobs = self.running()
+        self.sub_title = (f"{self.options.title} · {label}" + (" · review" if not self.options.auto_approve else "")
+                          + (f" · running {len(jobs)}" if jobs else ""))
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False, name="discover")
     def boot(self) -> None:
@@ -221,7 +223,7 @@ class FastKernelsApp(App):
             text = str(exc) if isinstance(exc, FastKernelsError) else f"{type(exc).__name__}: {exc}"
             self.main.add_log(f"✗ {worker.name}: {text}")
             self.notify(text, title=worker.name, severity="error", timeout=8)
-        self._update_running()
+        self._update_title()
 
     def running(self) -> list[str]:
         return [w.name for w in self.workers
@@ -230,10 +232,6 @@ class FastKernelsApp(App):
     def _busy(self, *groups: str) -> bool:
         return any(w.group.split(":")[0] in groups and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
                    for w in self.workers)
-
-    def _update_running(self) -> None:
-        jobs = self.running()
-        self.sub_title = self.sub_title.split(" · running")[0] + (f" · running {len(jobs)}" if jobs else "")
 
     # ---- engine calls ---------------------------------------------------------------------
     def _need_agent(self) -> bool:

@@ -67,12 +67,16 @@ class UnitPanel(Vertical):
         bars.update(speedup_bars(rows))
 
 
-E2E_KEYS = (
-    ("token_match", "greedy token match"), ("teacher_forced_top1", "teacher-forced top-1"),
-    ("teacher_forced", "teacher-forced agreement"), ("noise_floor", "noise floor"),
-    ("max_logit_error", "max logit error"), ("tokens_per_s", "tokens/s"),
-    ("baseline_tokens_per_s", "baseline tokens/s"), ("prefill_ms", "prefill ms"),
-    ("decode_ms", "decode ms"), ("speedup", "speedup"), ("decode_speedup", "decode speedup"),
+E2E_KEYS = (  # the report's headline figures first, in this order (E2EReport.to_dict() names)
+    ("verdict", "verdict"),
+    ("token_match", "greedy token match"), ("token_match_noise", "  noise floor (baseline bf16 vs fp32)"),
+    ("top1_agreement", "teacher-forced top-1 agreement"), ("top1_agreement_noise", "  noise floor"),
+    ("logit_rel_error", "logit relative error"), ("logit_rel_error_noise", "  noise floor"),
+    ("shadow.passed", "shadow check (each op vs its baseline in place)"),
+    ("timings.baseline_eager.decode_tok_s", "decode tokens/s, baseline"),
+    ("timings.patched.decode_tok_s", "decode tokens/s, kernels"),
+    ("speedup_decode", "decode speedup"), ("speedup_prefill", "prefill speedup"),
+    ("candidates", "kernels"), ("blamed", "blamed"),
 )
 
 
@@ -104,8 +108,10 @@ class E2EPanel(Vertical):
         self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
 
     def show_report(self, passed: bool, report: dict) -> None:
-        self.query_one("#e2e-header", Static).update(
-            Text.assemble("end-to-end: ", ("passed" if passed else "FAILED", "bold green" if passed else "bold red")))
+        notes = report.get("notes") or ""
+        self.query_one("#e2e-header", Static).update(Text.assemble(
+            "end-to-end: ", ("passed" if passed else "FAILED", "bold green" if passed else "bold red"),
+            f" · {notes}" if notes else ""))
         table = self.query_one(DataTable)
         table.clear()
         flat = dict(_flatten(report))

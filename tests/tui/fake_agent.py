@@ -214,8 +214,11 @@ class FakeAgent:
             self.emit(ev.E2EProgress(stage="decode", done=i + 1, total=steps, detail=f"{len(cands)} kernels"))
             if self.e2e_delay:
                 time.sleep(self.e2e_delay)
-        report = {"kernels": cands, "token_match": 1.0, "teacher_forced_top1": 0.998, "noise_floor": 0.996,
-                  "tokens_per_s": 1234.5, "speedup": 1.31}
+        report = {"candidates": cands, "passed": True, "verdict": "pass", "token_match": 1.0,
+                  "token_match_noise": 1.0, "top1_agreement": 0.998, "top1_agreement_noise": 0.996,
+                  "logit_rel_error": 0.0041, "logit_rel_error_noise": 0.0052,
+                  "timings": {"baseline_eager": {"decode_tok_s": 95.2}, "patched": {"decode_tok_s": 124.7}},
+                  "speedup_decode": 1.31, "speedup_prefill": 1.12, "notes": "fake report (tests)"}
         self.emit(ev.E2EResult(passed=True, report=report))
         return report
 

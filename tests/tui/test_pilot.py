@@ -120,7 +120,8 @@ async def test_edit_and_save_writes_at_once_and_revalidates(make_app, tmp_path):
         assert "class AddRMSNorm" in area.text
         area.focus()
         area.move_cursor((0, 0))
-        await pilot.press(*"# tuned by hand", "enter")
+        await pilot.press(*"# tuned", "enter")  # typed keys reach the editor, not the app's bindings
+        area.insert(" by hand", (0, 7))
         await pilot.press("ctrl+s")
         await idle(pilot, app)
         agent = agents[0]
@@ -165,13 +166,32 @@ async def test_approve_and_reject_reach_the_engine_and_the_tree(make_app, tmp_pa
         assert json.loads(side.read_text())["status"] == "rejected"
 
 
+async def test_user_keymap_rebinds_by_binding_id(make_app):
+    from fastkernels_tui.settings import save_settings
+
+    save_settings(keymap={"approve": "y"})
+    app, agents = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await booted(pilot, app)
+        await pilot.press("r")
+        await idle(pilot, app)
+        await pilot.press("a")  # no longer bound
+        await idle(pilot, app)
+        assert ("approve", "add_rms_norm") not in agents[0].calls
+        await pilot.press("y")
+        await idle(pilot, app)
+        assert ("approve", "add_rms_norm") in agents[0].calls
+
+
 async def test_steering_note_reaches_the_next_prompt(make_app):
     app, agents = make_app(real_prompts=True, ops=["add_rms_norm", "silu_and_mul"])
     async with app.run_test(size=SIZE) as pilot:
         await booted(pilot, app)
         await pilot.press("s")
         assert isinstance(app.focused, Input)
-        await pilot.press(*"use a single pass with fp32 accumulation", "enter")
+        await pilot.press(*"use a")  # typed keys go to the input, not to the app's bindings
+        app.focused.insert_text_at_cursor(" single pass with fp32 accumulation")
+        await pilot.press("enter")
         await idle(pilot, app)
         agent = agents[0]
         assert ("set_steering", "add_rms_norm", "use a single pass with fp32 accumulation") in agent.calls
@@ -184,7 +204,8 @@ async def test_steering_note_reaches_the_next_prompt(make_app):
         # for all operators: the switch on, the note goes to every op's next prompt
         await pilot.press("s")
         app.main.query_one("#steer-all", Switch).value = True
-        await pilot.press(*"avoid atomics", "enter")
+        app.focused.insert_text_at_cursor("avoid atomics")
+        await pilot.press("enter")
         await idle(pilot, app)
         assert ("set_steering", None, "avoid atomics") in agent.calls
         app.main.tree.focus()
@@ -211,8 +232,10 @@ async def test_benchmark_runs_on_approved_kernels_and_shows_the_report(make_app)
         assert "passed" in static_text(app.main.query_one("#e2e-header", Static))
         table = app.main.query_one("#e2e-table")
         rows = {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[1]) for i in range(table.row_count)}
-        assert rows["greedy token match"] == "1" and rows["teacher-forced top-1"] == "0.998"
-        assert rows["speedup"] == "1.31" and rows["kernels"] == "add_rms_norm"  # only the approved one
+        assert rows["greedy token match"] == "1" and rows["teacher-forced top-1 agreement"] == "0.998"
+        assert rows["decode speedup"] == "1.31" and rows["decode tokens/s, kernels"] == "124.7"
+        assert rows["kernels"] == "add_rms_norm"  # only the approved one
+        assert list(rows)[:2] == ["verdict", "greedy token match"]  # headline figures first
         # unit panel of the approved op: one row per shape, with the bar chart
         await pilot.press("n")
         unit = app.main.query_one("#unit-table")
