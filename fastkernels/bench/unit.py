@@ -20,9 +20,12 @@ bytes (NaN in every float format) first, and every tensor the harness frees pois
   kernel named after one of its kernels); with --cuda-only, no framework compute kernel may run
   and on a GPU every kernel must run on the caller's stream.
 
-timing (GPU only, the first dtype of the task, after correctness passed): medians of do_bench with
-L2 flushed and inputs rotated, for the baseline eager, the baseline under torch.compile and the
-candidate; achieved bytes/s or FLOP/s against the measured device ceiling (fastkernels.bench.roofline).
+timing (GPU only, the first dtype of the task, after correctness passed): fastkernels.bench.timing's
+`compare` - the baseline eager, the baseline under torch.compile and the candidate warmed up, then
+interleaved call by call on rotating inputs with L2 flushed: device time per call (launch cost
+hidden) and wall time per call (launch cost included); a shape where the host takes longer to issue
+a call than the GPU to run it is marked `launch_bound`, with both ratios. Achieved bytes/s or FLOP/s
+against the measured device ceiling (fastkernels.bench.roofline).
 The timer functions are checked for replacement after the candidate is imported and after timing.
 On a CPU nothing is timed: the Triton interpreter's speed says nothing about a GPU's.
 """
@@ -82,6 +85,17 @@ class ShapeResult:
     flops_per_s: float | None = None
     roofline_fraction: float | None = None
     compile_cached: bool = False  # baseline_compile_ms read from this GPU's cache, not measured now
+    # Device times (*_ms, above) are medians of per-call device time with the host's launch cost
+    # hidden; wall times are per call issued back to back from Python, launch cost included.
+    candidate_wall_ms: float | None = None
+    baseline_eager_wall_ms: float | None = None
+    baseline_compile_wall_ms: float | None = None
+    speedup_wall_vs_eager: float | None = None
+    # The host takes longer to issue a call than the GPU to run it (wall > 1.5 x device): in an
+    # eager caller the launch cost decides, and speedup_vs_eager (device time) is not what it sees.
+    launch_bound: bool = False
+    timing_method: str = ""  # "device" (spin-held batches) or "events" (a forward that blocks the host)
+    timing: dict | None = None  # every subject's device and wall Stats (median, quartiles, min, max, n)
 
 
 @dataclass
@@ -158,19 +172,24 @@ def kernel_names(code: str) -> list[str]:
 
 
 def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only: bool = False,
-             timeout: float = 600.0, compile_baseline: bool = True, require_kernel: bool = True) -> UnitReport:
+             timeout: float = 600.0, compile_baseline: bool = True, require_kernel: bool = True,
+             compile_cache: bool = True, gpu: str | None = None) -> UnitReport:
     """Unit-test and time one candidate (the source of a file defining `spec.class_name`) for one
     OperatorSpec. Runs in a sandboxed child; never raises for anything the candidate does.
     On a machine without a GPU the shapes are the small workload's, and nothing is timed.
     require_kernel=False accepts a candidate that runs no kernel of its own (only to time the
-    baseline against itself: the stopwatch's fairness check)."""
+    baseline against itself: the stopwatch's fairness check). compile_cache=False times the compiled
+    baseline now, interleaved with the others, instead of reading this GPU's earlier figure.
+    gpu: the id of the GPU to run on (the job's CUDA_VISIBLE_DEVICES, as fastkernels.bench.devices
+    hands them out); None leaves the environment's choice."""
     from fastkernels.agent.validate import static_check
-    from fastkernels.registry.tasks import Workload, build_spec
+    from fastkernels.bench.devices import GpuPool
 
+    env = GpuPool.job_env(gpu)
     gpu = cuda_present()
     if not gpu and not spec.tiny:
         # The Triton interpreter gets through the small workload in seconds, the full one never.
-        spec = build_spec(spec.level, spec.name, spec.model_id, spec.tiny, Workload.default(small=True))
+        spec = _small_spec(spec)
     label = f"{spec.key} {spec.class_name} candidate"
     bad = static_check(code, spec.class_name, cuda_only=cuda_only)
     if bad is not None:
@@ -186,8 +205,9 @@ def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
         "spec": spec.to_dict(), "level": spec.level, "name": spec.name, "code": code, "seeds": int(seeds),
         "timing": bool(timing), "cuda_only": bool(cuda_only), "kernel_names": kernel_names(code),
         "compile_baseline": bool(compile_baseline), "label": label, "require_kernel": bool(require_kernel),
+        "compile_cache": bool(compile_cache),
     }
-    job = run_job("fastkernels.bench.unit:_unit_job", payload, timeout=timeout, label=label)
+    job = run_job("fastkernels.bench.unit:_unit_job", payload, timeout=timeout, label=label, env=env)
     if job.ok:
         report = UnitReport.from_dict(job.value)
         report.seconds = job.seconds
@@ -195,6 +215,63 @@ def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
     return UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name,
                       device="cuda" if gpu else "cpu", cuda_only=cuda_only, passed=False,
                       error=job.error + _tail_hint(job), kind=job.kind, seconds=job.seconds)
+
+
+def _small_spec(spec):
+    """`spec` at the small workload (its tensor-parallel degree kept)."""
+    import dataclasses
+
+    from fastkernels.registry.tasks import Workload, build_spec
+
+    small = dataclasses.replace(Workload.default(small=True), tp=spec.tp)
+    return build_spec(spec.level, spec.name, spec.model_id, spec.tiny, small)
+
+
+def run_unit_many(spec, codes: dict[str, str], *, seeds: int = 3, timing: bool = True, cuda_only: bool = False,
+                  timeout: float = 600.0, compile_baseline: bool = True, require_kernel: bool = True,
+                  compile_cache: bool = True) -> dict[str, UnitReport]:
+    """run_unit for several candidates of one operator ({name: code}) in ONE sandboxed child (one
+    interpreter start, one CUDA context, the compiled baseline shared), for benchmarks that check
+    many kernels of ours. Attribution stays exact: if the child dies (crash, timeout, CUDA error),
+    every candidate it had not finished is re-run in a child of its own; a candidate that replaced
+    timing functions ends the child's batch. Untrusted agent output should go through run_unit."""
+    from fastkernels.agent.validate import static_check
+
+    gpu = cuda_present()
+    if not gpu and not spec.tiny:
+        spec = _small_spec(spec)
+    kw = dict(seeds=seeds, timing=timing, cuda_only=cuda_only, timeout=timeout, compile_baseline=compile_baseline,
+              require_kernel=require_kernel, compile_cache=compile_cache)
+    out: dict[str, UnitReport] = {}
+    items = []
+    for name, code in codes.items():
+        label = f"{spec.key} {spec.class_name} candidate ({name})"
+        if static_check(code, spec.class_name, cuda_only=cuda_only) is not None or (cuda_only and not gpu):
+            out[name] = run_unit(spec, code, **kw)  # rejected before any child starts
+            continue
+        items.append((name, {"code": code, "label": label, "kernel_names": kernel_names(code)}))
+    while items:
+        if len(items) == 1:
+            name, _ = items.pop()
+            out[name] = run_unit(spec, codes[name], **kw)
+            break
+        payload = {"spec": spec.to_dict(), "level": spec.level, "name": spec.name, "seeds": int(seeds),
+                   "timing": bool(timing), "cuda_only": bool(cuda_only), "compile_baseline": bool(compile_baseline),
+                   "require_kernel": bool(require_kernel), "compile_cache": bool(compile_cache),
+                   "items": [item for _, item in items]}
+        job = run_job("fastkernels.bench.unit:_unit_many_job", payload, timeout=timeout * len(items),
+                      label=f"{spec.key}: {len(items)} candidates")
+        if not job.ok:  # one of them killed the child: each of the rest alone
+            for name, _ in items:
+                out[name] = run_unit(spec, codes[name], **kw)
+            break
+        done = job.value["reports"]
+        for (name, _), data in zip(items, done):
+            report = UnitReport.from_dict(data)
+            report.seconds = job.seconds / max(len(done), 1)
+            out[name] = report
+        items = items[len(done):]
+    return {name: out[name] for name in codes}
 
 
 def _tail_hint(job) -> str:
@@ -219,6 +296,7 @@ def _spec_from_payload(payload):
     spec.shapes = d["shapes"]
     spec.init_args = d["init_args"]
     spec.dtypes = tuple(d["dtypes"])
+    spec.tp = d.get("tp", 1)
     return spec
 
 
@@ -614,7 +692,8 @@ def _compile_key(spec, shape, dtype) -> str:
 
     code = hashlib.sha1(spec.source_code.encode()).hexdigest()[:12]
     dims = json.dumps({"init": spec.init_args_for(shape), "shape": spec.shapes[shape]}, sort_keys=True)
-    return f"{torch.cuda.get_device_name()}|torch {torch.__version__}|{spec.key}|{code}|{dims}|{dtype}"
+    # "device-v2": spin-held per-call device time (times measured by earlier methods are not reused)
+    return f"device-v2|{torch.cuda.get_device_name()}|torch {torch.__version__}|{spec.key}|{code}|{dims}|{dtype}"
 
 
 def _compile_cache_path():
@@ -653,7 +732,7 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
     import torch
 
     from fastkernels.bench.roofline import achieved
-    from fastkernels.bench.timing import bench_gpu
+    from fastkernels.bench.timing import compare
     from fastkernels.registry.tasks import build_baseline, build_inputs, dtype_of
 
     baseline = build_baseline(spec, shape, dtype, device, seed=0)
@@ -661,16 +740,11 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
     cand.load_state_dict(baseline.state_dict(), strict=False)
     sets = [build_inputs(spec, shape, dtype, device, 100 + i) for i in range(4)]
     with torch.no_grad():
-        # Alternate baseline and candidate twice and keep each one's best median: neither gets the
-        # cold clocks of going first (symmetric, so a baseline timed against itself reads ~1.0x).
-        cand_ms, eager_ms = [], []
-        for _ in range(2):
-            eager_ms.append(bench_gpu(baseline, sets).median_ms)
-            cand_ms.append(bench_gpu(cand, sets).median_ms)
-        result.candidate_ms, result.baseline_eager_ms = min(cand_ms), min(eager_ms)
+        subjects = {"eager": baseline, "candidate": cand}
+        cached = None
         if payload.get("compile_baseline", True):
             key = _compile_key(spec, shape, dtype)
-            cached = _compile_cache().get(key)
+            cached = _compile_cache().get(key) if payload.get("compile_cache", True) else None
             if cached is not None:
                 result.baseline_compile_ms, result.compile_cached = cached, True
             else:
@@ -678,10 +752,23 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
                     compiled = torch.compile(copy.deepcopy(baseline), dynamic=False)
                     for args in sets[:2]:
                         compiled(*args)
-                    result.baseline_compile_ms = bench_gpu(compiled, sets).median_ms
-                    _compile_cache_put(key, result.baseline_compile_ms)
+                    subjects["compile"] = compiled
                 except Exception as exc:  # noqa: BLE001 - a compile failure is a missing number, not a verdict
                     result.reason += f"; torch.compile baseline failed: {type(exc).__name__}"
+        # All subjects interleaved call by call on the same rotating inputs (fastkernels.bench.timing):
+        # none gets the cold clocks of going first, none a quieter moment of the machine.
+        cmp = compare(subjects, sets)
+        result.timing = cmp.to_dict()
+        result.timing_method = cmp.method
+        result.candidate_ms = cmp.device["candidate"].median
+        result.baseline_eager_ms = cmp.device["eager"].median
+        result.candidate_wall_ms = cmp.wall["candidate"].median
+        result.baseline_eager_wall_ms = cmp.wall["eager"].median
+        result.launch_bound = cmp.launch_bound("candidate") or cmp.launch_bound("eager")
+        if "compile" in cmp.device:
+            result.baseline_compile_ms = cmp.device["compile"].median
+            result.baseline_compile_wall_ms = cmp.wall["compile"].median
+            _compile_cache_put(key, result.baseline_compile_ms)
         # Same tensors, new values: a kernel that memoised by address during timing is caught here.
         fresh = build_inputs(spec, shape, dtype, device, 999)
         for dst, src in zip(sets[0], fresh):
@@ -700,6 +787,14 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
     result.speedup_vs_eager = result.baseline_eager_ms / result.candidate_ms if result.candidate_ms else None
     if result.baseline_compile_ms and result.candidate_ms:
         result.speedup_vs_compile = result.baseline_compile_ms / result.candidate_ms
+    if result.candidate_wall_ms:
+        result.speedup_wall_vs_eager = result.baseline_eager_wall_ms / result.candidate_wall_ms
+    if result.launch_bound:
+        result.reason += (f"; launch-bound: issuing a call from Python takes longer than the GPU runs it "
+                          f"(wall {1e3 * result.baseline_eager_wall_ms:.1f} us eager, "
+                          f"{1e3 * result.candidate_wall_ms:.1f} us candidate, per call), so an eager "
+                          f"caller sees {result.speedup_wall_vs_eager:.2f}x where the GPU sees "
+                          f"{result.speedup_vs_eager:.2f}x")
     bound = spec.shapes[shape].get("bound", spec.bound)  # a shape may override (attention: prefill is compute-bound)
     result.bound = bound
     roof = achieved(cost, result.candidate_ms, bound, ceilings)
@@ -709,12 +804,39 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
 
 def _unit_job(payload: dict) -> dict:
     """Sandbox side of run_unit."""
+    return _unit_one(payload, "candidate.py", "fk_candidate")
+
+
+def _unit_many_job(payload: dict) -> dict:
+    """Sandbox side of run_unit_many: the candidates one after another in this child. A candidate
+    that raises while importing is its own verdict; one that replaced timing functions ends the
+    batch (the rest run in a fresh child, so nothing it did can be charged to them)."""
+    from fastkernels.bench import timing as timing_mod
+
+    reports = []
+    for i, item in enumerate(payload["items"]):
+        p = {**payload, **item}
+        try:
+            reports.append(_unit_one(p, f"c{i}_candidate.py", f"fk_candidate_{i}"))
+        except Exception as exc:  # noqa: BLE001 - an import that raises is this candidate's verdict
+            text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+            if any(m in text for m in ("CUDA error", "illegal memory access", "device-side assert")):
+                raise  # the context is gone: the parent reruns the rest one child each
+            spec = _spec_from_payload(p)
+            reports.append(UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name,
+                                      cuda_only=p["cuda_only"], passed=False, kind="exception",
+                                      error=f"{p['label']}: raised: {text}{_candidate_frame(exc)}").to_dict())
+        if timing_mod.replaced_timers():
+            break
+    return {"reports": reports}
+
+
+def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
     import os
 
     import torch
 
     from fastkernels.bench import timing as timing_mod  # captures the timer functions first
-    from fastkernels.models.catalog import resolve
     from fastkernels.registry.tasks import dtype_of, load_module
 
     _Launches.install()
@@ -723,10 +845,10 @@ def _unit_job(payload: dict) -> dict:
     device = torch.device("cuda" if gpu else "cpu")
     report = UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name,
                         device=torch.cuda.get_device_name() if gpu else "cpu", cuda_only=payload["cuda_only"])
-    path = os.path.join(os.getcwd(), "candidate.py")
+    path = os.path.join(os.getcwd(), filename)
     with open(path, "w") as fh:
         fh.write(payload["code"])
-    module = load_module(path, name="fk_candidate")
+    module = load_module(path, name=module_name)
     cls = getattr(module, spec.class_name, None)
     if not isinstance(cls, type):
         report.error = f"{payload['label']}: the file defines no class {spec.class_name!r}"
@@ -736,7 +858,7 @@ def _unit_job(payload: dict) -> dict:
         report.error = (f"{payload['label']}: importing the kernel replaced timing functions ({', '.join(replaced)}); "
                         "a kernel must not touch the harness")
         return report.to_dict()
-    config = resolve(spec.model_id, spec.tiny).hf_config()
+    config = spec.config()
     task = spec.task()
     for shape in spec.shapes:
         for dtype in spec.dtypes:
@@ -770,7 +892,9 @@ def _unit_job(payload: dict) -> dict:
             except _Reject as rej:
                 res.passed, res.reason = False, str(rej)
         cached = " (torch.compile baseline times from this GPU's cache)" if any(r.compile_cached for r in report.shapes) else ""
-        report.timing_note = (f"do_bench medians, L2 flushed, 4 rotating input sets, {primary}{cached}; "
+        report.timing_note = (f"device time per call (median; GPU held while calls are enqueued, so launch cost "
+                              f"does not show), baseline and candidate interleaved call by call, L2 flushed, "
+                              f"4 rotating input sets, {primary}{cached}; wall time per call beside it; "
                               "roofline vs the measured copy bandwidth (memory-bound) or bf16 matmul (compute-bound)")
         replaced = timing_mod.replaced_timers()
         if replaced:

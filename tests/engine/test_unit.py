@@ -172,3 +172,145 @@ def test_deep_blocks_get_the_baselines_own_error_as_floor():
     _check((ref - 0.05 * noise).bfloat16(), ref, "bfloat16", expect=expect)
     with pytest.raises(_Reject, match="outside tolerance"):
         _check((ref + 0.15 * noise).bfloat16(), ref, "bfloat16", expect=expect)
+
+
+# ---- the stopwatch, on a simulated GPU queue (host clock, in-order device, events) -------------
+
+from fastkernels.bench import timing  # noqa: E402
+
+
+class _Event:
+    def __init__(self, ts):
+        self.ts = ts
+
+
+class FakeQueue:
+    """A CUDA stream in miniature: the host pays `host` ms to enqueue an operation, the device runs
+    operations in order, each starting when both it is enqueued and the previous one is done.
+    `drift` slows the device down as time passes (clocks, temperature)."""
+
+    def __init__(self, drift=0.0):
+        self.t = 0.0  # host clock, ms
+        self.free = 0.0  # when the device finishes what is enqueued
+        self.drift = drift
+
+    def launch(self, host, gpu):
+        self.t += host
+        start = max(self.t, self.free)
+        self.free = start + gpu * (1 + self.drift * start)
+
+    def event(self):
+        self.launch(0.002, 0.0)
+        return _Event(self.free)
+
+    def elapsed_ms(self, a, b):
+        return b.ts - a.ts
+
+    def done(self, e):
+        return e.ts <= self.t
+
+    def flush(self):
+        self.launch(0.005, 0.09)
+
+    def hold(self, ms):
+        self.launch(0.005, ms)
+
+    def sync(self):
+        self.t = max(self.t, self.free)
+
+    def now(self):
+        return self.t / 1e3
+
+
+def _op(q, kernels, host, gpu):
+    def fn(*args):
+        for _ in range(kernels):
+            q.launch(host, gpu)
+    return fn
+
+
+def test_device_time_hides_the_hosts_launch_cost_and_a_baseline_reads_1x_against_itself():
+    q = FakeQueue()
+    # an eager decode-sized op: 9 launches of 12 us host each, 2 us on the device each
+    subjects = {"eager": _op(q, 9, 0.012, 0.002), "candidate": _op(q, 9, 0.012, 0.002)}
+    cmp = timing.compare(subjects, [()] * 4, q, samples=40)
+    assert cmp.method == "device"
+    for name in subjects:
+        assert cmp.device[name].median == pytest.approx(9 * 0.002, rel=1e-6)  # what the GPU spends, nothing else
+        assert cmp.wall[name].median == pytest.approx(9 * 0.012, rel=0.05)  # what the caller waits for
+        assert cmp.launch_bound(name)
+    assert cmp.device["eager"].median / cmp.device["candidate"].median == pytest.approx(1.0, abs=1e-9)
+
+
+def test_do_bench_style_timing_measures_the_host_on_launch_bound_shapes():
+    # why the stopwatch changed: flush, event, fn, event enqueued back to back (do_bench's loop)
+    # times the host's launch loop minus what hid behind the flush - 0.46x for a baseline vs itself
+    def naive(host):
+        q = FakeQueue()
+        fn = _op(q, 9, host, 0.002)  # 9 launches of `host` ms each, 2 us on the device each
+        samples = []
+        for _ in range(20):
+            q.flush()
+            a = q.event()
+            fn()
+            b = q.event()
+            samples.append(q.elapsed_ms(a, b))
+        return timing.Stats.of(samples).median
+
+    assert naive(0.020) > 3 * 9 * 0.002  # 20 us per launch: the host's loop, not the GPU
+    assert naive(0.025) / naive(0.020) > 1.3  # 25% more host cost reads as a much slower op
+
+
+def test_a_large_op_is_not_launch_bound_and_a_faster_kernel_shows_its_device_speedup():
+    q = FakeQueue()
+    subjects = {"eager": _op(q, 3, 0.01, 0.2), "candidate": _op(q, 1, 0.02, 0.3)}
+    cmp = timing.compare(subjects, [()] * 4, q, samples=20)
+    assert not cmp.launch_bound("eager") and not cmp.launch_bound("candidate")
+    assert cmp.device["eager"].median / cmp.device["candidate"].median == pytest.approx(2.0, rel=1e-6)
+
+
+def test_interleaving_cancels_a_drifting_machine():
+    q = FakeQueue(drift=2e-3)  # the device gets 0.2% slower per simulated millisecond
+    subjects = {"a": _op(q, 1, 0.005, 0.05), "b": _op(q, 1, 0.005, 0.05)}
+    cmp = timing.compare(subjects, [()] * 4, q, samples=60)
+    assert cmp.device["a"].median / cmp.device["b"].median == pytest.approx(1.0, abs=0.01)
+    # the same two timed one after the other read differently: the drift, not the code
+    q2 = FakeQueue(drift=2e-3)
+    first = timing.compare({"a": _op(q2, 1, 0.005, 0.05)}, [()] * 4, q2, samples=60).device["a"].median
+    second = timing.compare({"b": _op(q2, 1, 0.005, 0.05)}, [()] * 4, q2, samples=60).device["b"].median
+    assert second / first > 1.05
+
+
+def test_a_forward_that_blocks_the_host_falls_back_to_per_call_events():
+    q = FakeQueue()
+
+    def syncing(*args):
+        q.launch(0.01, 0.01)
+        q.sync()  # a .item() inside forward: the host waits for the device, the spin cannot hold it
+
+    cmp = timing.compare({"eager": _op(q, 1, 0.01, 0.01), "candidate": syncing}, [()] * 2, q, samples=10)
+    assert cmp.method == "events"
+    assert cmp.to_dict()["launch_bound"].keys() == {"eager", "candidate"}
+
+
+def test_stats_and_rotations():
+    s = timing.Stats.of([5, 1, 4, 2, 3])
+    assert (s.median, s.p25, s.p75, s.min, s.max, s.n) == (3, 2, 4, 1, 5, 5)
+    assert timing.rotations(["a", "b", "c"], 3) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+
+
+def test_several_candidates_share_one_child_with_exact_attribution():
+    from fastkernels.bench.unit import run_unit_many
+
+    spec = dataclasses.replace(build_spec(1, "rms_norm", MODEL, tiny=True), dtypes=("float32",))
+    crash = GOOD.replace("        return rms_norm(x, self.weight, self.variance_epsilon)",
+                         "        import ctypes\n        ctypes.string_at(0)")
+    codes = {"correct": GOOD, "timer": (CHEATS / "timer_patch.py").read_text(), "crash": crash,
+             "cache": (CHEATS / "cache_last.py").read_text()}
+    got = run_unit_many(spec, codes, seeds=1)
+    assert list(got) == list(codes)
+    assert got["correct"].passed, got["correct"].failure_message()
+    assert "replaced timing functions" in got["timer"].error
+    # the crash ended the second child; each candidate it had not finished ran alone
+    assert got["crash"].kind == "crash" and "SIGSEGV" in got["crash"].error
+    assert got["cache"].kind == "ok" and "returns a cached result" in got["cache"].failure_message()
