@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 class Prompt:
     system: str
     user: str
+    cuda_only: bool = False  # which path it asks for (the library backend serves the matching kernel)
 
     @property
     def text(self) -> str:
@@ -269,16 +270,25 @@ Write Triton kernels (`@triton.jit`, triton 3.x) launched from `forward`.
 
 CUDA_RULES = """\
 --cuda-only: write raw CUDA C++ compiled with `torch.utils.cpp_extension.load_inline`.
-- Do not import triton. Compile once at import time: `load_inline(name="fk_<op>_<something unique>",
-  cpp_sources=..., cuda_sources=..., functions=[...], extra_cuda_cflags=["-O3"], verbose=False)`
-  and keep the returned module at module level.
+- Do not import triton. Compile once at import time and keep the module at module level:
+  `_ext = load_inline(name="fk_<op>", cpp_sources=CPP_SRC, cuda_sources=CUDA_SRC, functions=[...],
+  extra_cuda_cflags=["-O3"], verbose=False)`. Do not pass build_directory or arch flags: the harness
+  caches every build by its content (the same source never compiles twice) and builds for this
+  GPU's own architecture (sm_90a on an H100: wgmma and setmaxnreg are available).
+- Keep CUDA_SRC to the CUDA headers (cuda_runtime.h, cuda_bf16.h, cuda_fp16.h): kernels plus a
+  launcher on raw pointers that takes a cudaStream_t and returns cudaGetLastError(). Do the tensor
+  side in CPP_SRC (`#include <torch/extension.h>`, <c10/cuda/CUDAStream.h>, <c10/cuda/CUDAGuard.h>,
+  <c10/cuda/CUDAException.h>): checks, `at::empty_like` outputs, then call the launcher with
+  `c10::cuda::getCurrentCUDAStream().stream()` and wrap it in C10_CUDA_CHECK. Do not include
+  ATen/cuda/CUDAContext.h (it pulls in cuBLAS/cuSPARSE headers a toolkit may lack).
+- torch builds with __CUDA_NO_BFLOAT16_CONVERSIONS__ and __CUDA_NO_HALF_CONVERSIONS__: convert
+  explicitly (__bfloat162float, __float2bfloat16, __half2float, __float2half); accumulate in float.
 - `forward` may only check/reshape inputs (`.view`, `.reshape`, `.contiguous()`), allocate outputs
   (`torch.empty`, `torch.empty_like`, `torch.zeros`) and call your compiled functions. No PyTorch
   compute in forward: no torch.* / F.* math, no tensor math methods (`.sum`, `.to`, `.float()`,
   `@`, ...). A profiler checks that only your kernels ran.
-- Launch on `at::cuda::getCurrentCUDAStream()`; check `cudaGetLastError()` after launches; use
-  `__nv_bfloat16` (cuda_bf16.h) and float accumulators; the target is sm_90 (H100).
-- Dispatch on the input dtype for every dtype listed."""
+- Launch on the current stream; never create streams. Dispatch on the input dtype for every dtype
+  listed. A build error comes back as the compiler's first errors with lines of your file."""
 
 OUTPUT_FORMAT = """\
 Reply with ONE fenced ```python block holding the complete file: imports, kernels, helpers and the
@@ -321,7 +331,8 @@ def build_generation_prompt(op: "OperatorSpec", cuda_only: bool = False, *, stee
     or an object with name, copy_bandwidth (bytes/s), bf16_flops (FLOP/s); None -> H100 datasheet
     figures, labelled as assumed.
     `example` is a kernel file to show as an exemplar of the expected structure (Triton path)."""
-    return Prompt(build_system_prompt(cuda_only), _user_prompt(op, cuda_only, steering, device, example))
+    return Prompt(build_system_prompt(cuda_only), _user_prompt(op, cuda_only, steering, device, example),
+                  cuda_only=cuda_only)
 
 
 def _user_prompt(op: "OperatorSpec", cuda_only: bool, steering: str | None, device: Any,
@@ -408,7 +419,7 @@ def build_retry_prompt(op: "OperatorSpec", code: str | None, error: str, *, cuda
         "accumulation, the rounding points the baseline has, broadcasting and strides. A crash or an "
         "illegal memory access: check index arithmetic (int64 for large offsets) and masks. A kernel "
         "slower than the baseline: fewer launches, fewer bytes, more parallelism.")
-    return Prompt(build_system_prompt(cuda_only), user + "\n" + "\n\n".join(retry) + "\n")
+    return Prompt(build_system_prompt(cuda_only), user + "\n" + "\n\n".join(retry) + "\n", cuda_only=cuda_only)
 
 
 # ---- reading the reply --------------------------------------------------------------------------------

@@ -219,9 +219,17 @@ def _validate_in_child(payload: dict) -> dict:
     path = Path(os.getcwd()) / payload["filename"]
     path.write_text(payload["code"])
     mark("import")
+    from fastkernels.bench.cuda_build import cached_builds, describe_build_error
     from fastkernels.registry.tasks import load_module
 
-    module = load_module(path, name="fk_candidate")
+    try:
+        with cached_builds():  # load_inline at import: content-cached, built for this GPU
+            module = load_module(path, name="fk_candidate")
+    except Exception as exc:
+        built = describe_build_error(exc)
+        if built is None:
+            raise
+        return {"stage": "import", "error": built}  # the compiler's first errors, not ninja's log
     mark("class")
     name = payload["class_name"]
     cls = getattr(module, name, None)

@@ -837,6 +837,7 @@ def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
     import torch
 
     from fastkernels.bench import timing as timing_mod  # captures the timer functions first
+    from fastkernels.bench.cuda_build import cached_builds
     from fastkernels.registry.tasks import dtype_of, load_module
 
     _Launches.install()
@@ -848,7 +849,8 @@ def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
     path = os.path.join(os.getcwd(), filename)
     with open(path, "w") as fh:
         fh.write(payload["code"])
-    module = load_module(path, name=module_name)
+    with cached_builds():  # a raw CUDA kernel's load_inline: content-cached, built for this GPU
+        module = load_module(path, name=module_name)
     cls = getattr(module, spec.class_name, None)
     if not isinstance(cls, type):
         report.error = f"{payload['label']}: the file defines no class {spec.class_name!r}"

@@ -93,8 +93,11 @@ def _level_of(op: str, level: int | None) -> int:
 
 
 def _load_class(level: int, op: str, path: Path, source: str) -> Implementation:
+    from fastkernels.bench.cuda_build import cached_builds
+
     task = load_task(level, op)
-    module = load_module(path)
+    with cached_builds():  # a raw CUDA kernel's load_inline: content-cached, built for this GPU
+        module = load_module(path)
     cls = getattr(module, task.CLASS_NAME, None)
     if not isinstance(cls, type) or not issubclass(cls, nn.Module):
         raise UsageError(f"{source} defines no nn.Module class {task.CLASS_NAME!r} (the class L{level}/{op} needs)")

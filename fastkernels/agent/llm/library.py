@@ -5,6 +5,11 @@ The reply is the kernel file `tasks/library/L{level}/{op}.py` in a ```python fen
 that says where it comes from. An operator with no library kernel gets its baseline file back,
 labelled so (`Completion.origin == "baseline"`), which passes validation and measures ~1x: the
 pipeline stays whole and nobody mistakes it for a kernel.
+
+For a --cuda-only prompt the raw CUDA kernels are served instead, `tasks/library/L{level}/cuda/{op}.py`
+(load_inline, no Triton). An operator with none has no answer there (the baseline is framework
+compute, which --cuda-only rejects): the backend says so, and the agent stops that operator at once
+instead of spending its retries.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fastkernels.agent.llm.base import Completion, RetryCallback, TextCallback
+from fastkernels.agent.llm.base import Completion, LLMError, RetryCallback, TextCallback
 from fastkernels.agent.llm.replay import approx_tokens, stream_text
 from fastkernels.registry.tasks import library_dir
 
 LABEL = "library (verified kernels, not generated)"
 
 
-def library_kernel_path(level: int, op_name: str) -> Path | None:
-    path = library_dir(level) / f"{op_name}.py"
+CUDA_SUBDIR = "cuda"  # tasks/library/L{level}/cuda/{op}.py: the raw CUDA (--cuda-only) kernels
+
+
+def library_kernel_path(level: int, op_name: str, cuda_only: bool = False) -> Path | None:
+    base = library_dir(level) / CUDA_SUBDIR if cuda_only else library_dir(level)
+    path = base / f"{op_name}.py"
     return path if path.is_file() else None
 
 
@@ -39,10 +48,16 @@ class LibraryBackend:
     def generate(self, prompt, on_text: TextCallback, *, op, attempt: int,
                  on_retry: RetryCallback | None = None) -> Completion:
         start = time.monotonic()
-        path = library_kernel_path(op.level, op.name)
+        cuda_only = bool(getattr(prompt, "cuda_only", False))
+        path = library_kernel_path(op.level, op.name, cuda_only)
+        rel = f"tasks/library/L{op.level}/" + (f"{CUDA_SUBDIR}/" if cuda_only else "")
+        if path is None and cuda_only:
+            raise LLMError(f"the library has no raw CUDA kernel for {op.name} (L{op.level}; looked for "
+                           f"{rel}{op.name}.py); use an LLM backend (--llm-model claude-...) for it", fatal=True)
         if path is not None:
+            kind = "raw CUDA library kernel" if cuda_only else "library kernel"
             origin, model = "library", f"library:{path.parent.name}/{path.name}"
-            header = f"Verified library kernel for {op.name} (L{op.level}), from tasks/library/L{op.level}/{path.name}; not generated."
+            header = f"Verified {kind} for {op.name} (L{op.level}), from {rel}{path.name}; not generated."
             code = path.read_text()
         else:
             origin, model = "baseline", "library:baseline"
