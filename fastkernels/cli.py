@@ -87,6 +87,11 @@ def _cmd_agent(args) -> int:
     from fastkernels.agent.agent import Agent, AgentConfig
     from fastkernels.agent.progress import LiveProgress, e2e_line, summary_table
 
+    if args.cuda_only:  # one line now, not a failed build per operator later
+        from fastkernels.bench.cuda_build import preflight
+
+        preflight()
+
     config = AgentConfig(
         model=args.model, level=args.level, tiny=args.tiny, llm_model=args.llm_model,
         llm_base_url=args.llm_base_url, cuda_only=args.cuda_only, max_retries=args.max_retries,
@@ -280,6 +285,10 @@ def _cmd_check(args) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"no kernel file at {path}: pass the path of a .py file defining the operator's class")
+    if args.cuda_only:
+        from fastkernels.bench.cuda_build import preflight
+
+        preflight()
     code = path.read_text()
     level = check_level(args.level)
     small = args.tiny or not cuda_present()  # the interpreter only gets through small shapes
