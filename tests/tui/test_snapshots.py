@@ -67,6 +67,7 @@ def test_snapshot_stream_with_retry_inline(make_app, snap_compare):
     async def run_before(pilot):
         await generated(pilot)
         pilot.app.main.tree.select_op("rms_norm")
+        await settle(pilot, lambda app: app.main.selected == "rms_norm")
         await pilot.pause(0.05)
         pilot.app.clear_notifications()
 
