@@ -18,6 +18,10 @@ def _fmt(x: float | None, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
 
+def _short(dtype: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
+
+
 def speedup_bars(rows, width: int = 30) -> Table:
     """One bar per shape: candidate speedup vs eager baseline, a tick at 1.0×."""
     table = Table(box=None, show_header=False, padding=(0, 1), expand=False)
@@ -32,12 +36,13 @@ def speedup_bars(rows, width: int = 30) -> Table:
         bar = Text(BAR * n, style="green" if s >= 1.0 else "red")
         if n < one:
             bar.append(" " * (one - n - 1) + "│", style="dim")
-        table.add_row(f"{r.shape} {r.dtype}".strip(), bar, f"{s:.2f}×" if r.speedup else "—")
+        table.add_row(f"{r.shape} {_short(r.dtype)}".strip(), bar, f"{s:.2f}×" if r.speedup else "—")
     return table
 
 
 class UnitPanel(Vertical):
-    COLUMNS = ("shape", "dtype", "ok", "baseline ms", "compile ms", "candidate ms", "× eager", "× compile", "% roofline")
+    # compact headers: the centre pane is ~75 columns at 150 wide; every column must fit
+    COLUMNS = ("shape", "ok", "eager ms", "compile ms", "kernel ms", "×eager", "×comp", "%roof")
 
     def compose(self) -> ComposeResult:
         yield Static("no unit results yet", id="unit-header")
@@ -62,8 +67,9 @@ class UnitPanel(Vertical):
         header.update(Text.assemble((view.name, "bold"), f" · unit results · attempt {view.attempt}" + (f" · {note}" if note else "")))
         for r in rows:
             ok = "✓" if r.passed else ("✗" if r.passed is False else "?")
-            table.add_row(r.shape, r.dtype, ok, _fmt(r.baseline, ".4f"), _fmt(r.compile, ".4f"), _fmt(r.candidate, ".4f"),
-                          _fmt(r.speedup, ".2f"), _fmt(r.speedup_compile, ".2f"), _fmt(r.roofline, ".0f"))
+            table.add_row(f"{r.shape} {_short(r.dtype)}".strip(), ok, _fmt(r.baseline, ".4f"), _fmt(r.compile, ".4f"),
+                          _fmt(r.candidate, ".4f"), _fmt(r.speedup, ".2f"), _fmt(r.speedup_compile, ".2f"),
+                          _fmt(r.roofline, ".0f"))
         bars.update(speedup_bars(rows))
 
 

@@ -240,8 +240,8 @@ async def test_benchmark_runs_on_approved_kernels_and_shows_the_report(make_app)
         await pilot.press("n")
         unit = app.main.query_one("#unit-table")
         assert unit.row_count == 2
-        assert [str(unit.get_row_at(i)[0]) for i in range(2)] == ["prefill", "decode"]
-        assert str(unit.get_row_at(0)[6]) == "1.75" and str(unit.get_row_at(0)[8]) == "41"
+        assert [str(unit.get_row_at(i)[0]) for i in range(2)] == ["prefill bf16", "decode bf16"]
+        assert str(unit.get_row_at(0)[5]) == "1.75" and str(unit.get_row_at(0)[7]) == "41"
 
 
 async def test_theme_switches_live_and_is_remembered(make_app):
