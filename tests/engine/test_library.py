@@ -242,7 +242,7 @@ def test_attention_decode_split_k(dtype):
         k, v = _randn(b, hkv, n, d, dtype=dtype, seed=2), _randn(b, hkv, n, d, dtype=dtype, seed=3)
         out = m.attention_decode(q, k, v, d**-0.5, n_splits=splits, block_n=block_n)
         check_attention(out, q, k, v, d**-0.5, f"decode {b, hq, hkv, n, d, splits}")
-    assert m.decode_splits(1, 8, 4097, 64, 132) == (128, 33)  # Llama-3.1-8B decode: 264 programs
+    assert m.decode_splits(1, 8, 4097, 64, 132) == (320, 13)  # Llama-3.1-8B decode: 104 programs
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])
@@ -324,6 +324,7 @@ def test_gpu_launch_path_with_every_tuned_config(op, monkeypatch):
     want = ref(*args)
     for cfg in list(tuned.configs):
         monkeypatch.setattr(tuned, "configs", [cfg])
+        monkeypatch.setattr(m, "_TUNED", {}, raising=False)  # the launcher remembers the tuner's pick
         with torch.no_grad():
             got = ours(*args)
         assert_matches(got, want, f"{op} tuned config {cfg}", tol_dtype="float16" if dtype == torch.float16 else None)

@@ -6,10 +6,13 @@ copy: 4096 tokens x 4096 bf16 = 32 MiB read + 32 MiB written at Llama-3.1-8B pre
 
 import functools
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import nn
+from triton import knobs
 
 
 @triton.jit
@@ -55,8 +58,51 @@ def embedding_config(n_tokens: int, hidden: int) -> tuple[int, int, int]:
     return block_t, block_h, num_warps
 
 
-def embedding(input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """weight[input_ids] for any shape of int ids -> [*ids.shape, H] in the table's dtype."""
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ---- launching: Triton's JIT once per argument signature, then the compiled kernel directly ----
+
+_COMPILED: dict = {}
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")  # read once: the hot path skips os.environ
+
+
+def _hooked() -> bool:
+    rt = knobs.runtime  # a profiler's launch hooks need Triton's own launch path
+    return any(getattr(h, "calls", h) for h in (rt.launch_enter_hook, rt.launch_exit_hook))
+
+
+def _launch(kernel, grid: tuple, args: tuple, meta: dict) -> None:
+    """kernel[grid](*args, **meta), constexprs last in `meta` in signature order. The first launch of
+    an argument signature (what Triton specialises on: dtypes, 16-byte alignment, int values) goes
+    through Triton's JIT; later ones call the compiled kernel's launcher directly, without Triton's
+    per-call argument binding, specialisation key and cache lookup (host work that bounds
+    decode-sized launches)."""
+    if _INTERPRET:
+        kernel[grid](*args, **meta)
+        return
+    key = (kernel, grid, *meta.values(),
+           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args])
+    hit = _COMPILED.get(key)
+    if hit is None or _hooked():
+        compiled = kernel[grid](*args, **meta)
+        if not (args[0].is_cuda and hasattr(compiled, "packed_metadata")):
+            return
+        if len(_COMPILED) > 4096:  # many prompt lengths: start over rather than grow without bound
+            _COMPILED.clear()
+        consts = tuple(meta[name] for name in kernel.arg_names[len(args):])
+        _COMPILED[key] = (compiled, consts, args[0].device.index)
+        return
+    compiled, consts, dev = hit
+    compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+                 torch._C._cuda_getCurrentRawStream(dev), compiled.function, compiled.packed_metadata,
+                 None, None, None, *args, *consts)
+
+
+def embedding(input_ids: torch.Tensor, weight: torch.Tensor, *, config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """weight[input_ids] for any shape of int ids -> [*ids.shape, H] in the table's dtype.
+    config = (BLOCK_T, BLOCK_H, num_warps) overrides embedding_config (the peer benchmark sweeps it)."""
     vocab, hidden = weight.shape
     ids = input_ids.reshape(-1)
     if not ids.is_contiguous():
@@ -65,9 +111,10 @@ def embedding(input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n_tokens = ids.numel()
     out = torch.empty((n_tokens, hidden), dtype=weight.dtype, device=weight.device)
     if n_tokens and hidden:
-        bt, bh, nw = embedding_config(n_tokens, hidden)
+        bt, bh, nw = config or embedding_config(n_tokens, hidden)
         grid = (triton.cdiv(n_tokens, bt), triton.cdiv(hidden, bh))
-        _embedding_kernel[grid](ids, w, out, n_tokens, hidden, vocab, w.stride(0), BLOCK_T=bt, BLOCK_H=bh, num_warps=nw)
+        _launch(_embedding_kernel, grid, (ids, w, out, n_tokens, hidden, vocab, w.stride(0)),
+                {"BLOCK_T": bt, "BLOCK_H": bh, "num_warps": nw})
     return out.reshape(*input_ids.shape, hidden)
 
 
