@@ -42,6 +42,7 @@ from fastkernels.errors import ResourceError
 ARCH_ENV = "FASTKERNELS_CUDA_ARCH"  # e.g. "9.0a": build for this arch instead of the visible GPU's
 CACHE_ENV = "FASTKERNELS_CACHE_DIR"
 LOG_NAME = "builds.jsonl"
+DEFAULT_NVCC = "/usr/local/cuda/bin/nvcc"  # where torch looks last, too
 MAX_ERRORS = 5  # the first errors are the real ones; later ones mostly follow from them
 CONTEXT_LINES = 3  # lines after an error (the source line and the caret the compiler prints)
 # load_inline prepends these lines to the sources it writes (see torch.utils.cpp_extension):
@@ -70,8 +71,7 @@ def find_nvcc() -> str | None:
     found = shutil.which("nvcc")
     if found:
         return found
-    default = "/usr/local/cuda/bin/nvcc"
-    return default if os.path.isfile(default) else None
+    return DEFAULT_NVCC if os.path.isfile(DEFAULT_NVCC) else None
 
 
 def _gpu_present() -> bool:
@@ -176,12 +176,12 @@ _NOISE = re.compile(r"^\[\d+/\d+\]\s|^FAILED:|^ninja:|^\S*(?:nvcc|c\+\+|g\+\+|cl
                     r"^Error building extension|^compilation terminated")
 
 
-def _where(file: str, line: int, sources: dict) -> str:
+def _where(file: str, line: int, sources: dict, prepended: dict) -> str:
     """'line N of the kernel file (cuda_sources line M)' for our generated files, else the header."""
     base = os.path.basename(file)
     if base not in _PREPENDED:
         return f"{base}:{line}"
-    src_line = line - _PREPENDED[base]
+    src_line = line - prepended.get(base, 0)
     arg = _SOURCE_ARG[base]
     located = sources.get(arg)
     if located is not None and src_line >= 1:
@@ -190,12 +190,16 @@ def _where(file: str, line: int, sources: dict) -> str:
     return f"{arg} line {src_line}" if src_line >= 1 else f"{base}:{line}"
 
 
-def trim_build_log(log: str, *, name: str = "", sources: dict | None = None, max_errors: int = MAX_ERRORS) -> str:
+def trim_build_log(log: str, *, name: str = "", sources: dict | None = None, implicit_headers: bool = True,
+                   max_errors: int = MAX_ERRORS) -> str:
     """The compiler's first errors, each with where it is and the lines the compiler printed under
     it (source line, caret), without ninja's progress and command lines. `sources` maps
     "cuda_sources"/"cpp_sources" to (file, line where that string starts in the file), to point at
-    lines of the kernel file. Falls back to the last lines of the log when no error line is found."""
+    lines of the kernel file; `implicit_headers=False` when load_inline was told no_implicit_headers
+    (its files are then the sources line for line). Falls back to the last lines of the log when no
+    error line is found."""
     sources = sources or {}
+    prepended = _PREPENDED if implicit_headers else {}
     lines = log.replace("\r", "").splitlines()
     blocks: list[list[str]] = []
     total = 0
@@ -211,7 +215,7 @@ def trim_build_log(log: str, *, name: str = "", sources: dict | None = None, max
         if len(blocks) < max_errors:
             if m:
                 line_no = int(m.group("l1") or m.group("l2"))
-                head = f"{_where(m.group('file'), line_no, sources)}: {m.group('kind')}: {m.group('msg').strip()}"
+                head = f"{_where(m.group('file'), line_no, sources, prepended)}: {m.group('kind')}: {m.group('msg').strip()}"
             else:
                 head = ln.strip()
             block = [head]
@@ -343,7 +347,21 @@ def load_inline(name, cpp_sources, cuda_sources=None, functions=None, extra_cfla
             _log_build({"name": name, "key": key[:16], "arch": arch, "seconds": round(seconds, 3),
                         "compiled": True, "ok": False, "pid": os.getpid(), "time": time.time()})
             located = _locate_sources(frame_file, cpp_sources, cuda_sources)
-            raise CudaBuildError(trim_build_log(text, name=name, sources=located), log=text) from None
+            trimmed = trim_build_log(text, name=name, sources=located,
+                                     implicit_headers=not kwargs.get("no_implicit_headers", False))
+            raise CudaBuildError(trimmed, log=text) from None
+        except OSError as exc:
+            if "CUDA_HOME" in str(exc):  # torch found no CUDA toolkit
+                raise ResourceError("no CUDA toolkit (nvcc) found to compile the kernel's CUDA; install it or set "
+                                    "CUDA_HOME to its root") from None
+            raise
+        except BaseException:
+            # Built but not loadable (an ImportError, say): the build still counts, so log it.
+            after = so.stat().st_mtime_ns if so.exists() else None
+            _log_build({"name": name, "key": key[:16], "arch": arch, "seconds": round(time.monotonic() - start, 3),
+                        "compiled": before is None or after != before, "ok": False, "loaded": False,
+                        "pid": os.getpid(), "time": time.time()})
+            raise
         after = so.stat().st_mtime_ns if so.exists() else None
     seconds = time.monotonic() - start
     compiled = before is None or after != before

@@ -167,7 +167,9 @@ def kernel_names(code: str) -> list[str]:
                 if (getattr(target, "attr", None) or getattr(target, "id", None)) in ("jit", "autotune", "heuristics"):
                     names.append(node.name)
                     break
-    names += re.findall(r"__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)", code)
+    # __launch_bounds__(...) may stand before or after the return type (CUDA accepts both).
+    bounds = r"(?:__launch_bounds__\s*\([^)]*\)\s*)?"
+    names += re.findall(rf"__global__\s+{bounds}void\s+{bounds}(\w+)", code)
     return sorted(set(names))
 
 
