@@ -32,6 +32,7 @@ def add_model_args(p: argparse.ArgumentParser, *, level_required: bool = True) -
 
 def _args_list(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
+    p.add_argument("--tp", type=int, default=1, help="show one of N tensor-parallel ranks' shapes")
 
 
 def _fmt_shape(shape: dict) -> str:
@@ -44,7 +45,17 @@ def _cmd_list(args) -> int:
     from fastkernels.agent.agent import discover_operators
     from fastkernels.models.catalog import resolve
 
-    specs = discover_operators(args.model, args.level, tiny=args.tiny)
+    workload = None
+    if args.tp != 1:
+        import dataclasses
+
+        from fastkernels.models.sharding import check_tp, check_tp_level
+        from fastkernels.registry.tasks import Workload, check_level
+
+        check_tp_level(check_level(args.level), args.tp)
+        check_tp(resolve(args.model, args.tiny).hf_config(), args.tp, args.model)
+        workload = dataclasses.replace(Workload.default(small=args.tiny), tp=args.tp)
+    specs = discover_operators(args.model, args.level, tiny=args.tiny, workload=workload)
     entry = resolve(args.model, args.tiny)
     table = Table(title=f"{entry.display_name} · level {specs[0].level if specs else args.level} · {len(specs)} operators")
     table.add_column("operator", style="bold")
@@ -66,7 +77,8 @@ def _args_agent(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--cuda-only", action="store_true", help="raw CUDA kernels (load_inline), no Triton")
     p.add_argument("--max-retries", type=int, default=5, help="attempts after the first, with the error fed back")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree of the end-to-end benchmark")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel processes of the end-to-end benchmark (levels 1-2); kernels get one rank's shapes")
     p.add_argument("--llm-model", default="claude-opus-4-6",
                    help="claude-*, openai:<name> (with --llm-base-url), replay:<dir>, or library (offline)")
     p.add_argument("--llm-base-url", default=None, help="base URL of an OpenAI-compatible server")
@@ -248,6 +260,8 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="sequences at once")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the prompt")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel processes: one per GPU (NCCL), or gloo on CPU (levels 1-2)")
     p.add_argument("--out", default=None, help="also write the report as JSON to this file")
     add_tracking_args(p)
 

@@ -78,6 +78,12 @@ class AgentConfig:
             raise UsageError("--concurrency must be at least 1")
         if self.tp < 1:
             raise UsageError("--tp must be at least 1")
+        if self.tp > 1:
+            from fastkernels.models.catalog import resolve
+            from fastkernels.models.sharding import check_tp, check_tp_level
+
+            check_tp_level(self.level, self.tp)
+            check_tp(resolve(self.model, self.tiny).hf_config(), self.tp, self.model)
 
 
 @dataclass
@@ -134,6 +140,10 @@ class Agent:
         self._cancelled = threading.Event()
         self.e2e_report: dict | None = None
         self._ceilings: dict | None = None
+        from fastkernels.bench.devices import GpuPool
+
+        # Unit jobs of different operators run at once, one per GPU (a no-op without a GPU).
+        self.gpus = GpuPool()
 
     # ---- small helpers --------------------------------------------------------------------
 
@@ -183,7 +193,12 @@ class Agent:
 
     def discover(self) -> list[OperatorSpec]:
         cfg = self.config
-        specs = discover_operators(cfg.model, cfg.level, tiny=cfg.tiny)
+        workload = None
+        if cfg.tp > 1:  # the kernels run on one rank's shard: its heads and MLP width
+            import dataclasses
+
+            workload = dataclasses.replace(Workload.default(small=cfg.tiny), tp=cfg.tp)
+        specs = discover_operators(cfg.model, cfg.level, tiny=cfg.tiny, workload=workload)
         if cfg.ops:
             names = {s.name for s in specs}
             unknown = [o for o in cfg.ops if o not in names]
@@ -268,7 +283,8 @@ class Agent:
             return True, None, "validate"
         from fastkernels.bench.unit import run_unit
 
-        report = run_unit(spec, code, cuda_only=self.config.cuda_only)
+        with self.gpus.acquire() as gpu:
+            report = run_unit(spec, code, cuda_only=self.config.cuda_only, gpu=gpu)
         data = report.to_dict()
         state.unit = data
         if data.get("ceilings"):

@@ -71,6 +71,8 @@ class E2EReport:
     new_tokens: int = 0
     batch: int = 1
     seed: int = 0
+    tp: int = 1  # tensor-parallel ranks (fastkernels.bench.tp)
+    tp_ranks: list[dict] = field(default_factory=list)  # per rank: device, figures, multicast settings
     shadow: dict | None = None  # patching.ShadowReport.to_dict()
     token_match: float | None = None  # free-running greedy, patched vs baseline
     token_match_noise: float | None = None  # the same, baseline fp32 vs baseline
@@ -158,12 +160,19 @@ class _ProgressTail:
 def _job(target: str, payload: dict, timeout: float, label: str, sink: Callable):
     from fastkernels.bench.sandbox import run_job
 
+    env = None
+    if payload.get("tp", 1) > 1:  # the same measurement on N ranks (fastkernels.bench.tp)
+        from fastkernels.bench.tp import tp_environment
+
+        target = {"fastkernels.bench.e2e:_e2e_job": "fastkernels.bench.tp:tp_e2e_job",
+                  "fastkernels.bench.e2e:_probe_job": "fastkernels.bench.tp:tp_probe_job"}[target]
+        env = tp_environment()
     with tempfile.TemporaryDirectory(prefix="fk-e2e-") as tmp:
         progress = Path(tmp) / "progress.jsonl"
         progress.touch()
         payload = {**payload, "progress_file": str(progress)}
         with _ProgressTail(progress, sink):
-            return run_job(target, payload, timeout=timeout, label=label)
+            return run_job(target, payload, timeout=timeout, label=label, env=env)
 
 
 def _blame(payload: dict, keys: list[str], timeout: float, sink: Callable, reason: str) -> dict[str, str]:
@@ -203,9 +212,10 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
                    prompt_len: int | None = None, new_tokens: int | None = None, batch: int = 1,
                    device: str | None = None, dtype: str | None = None, sink: Callable | None = None,
                    seed: int = 0, timeout: float | None = None, compile_baseline: bool | None = None,
-                   blame: bool = True) -> dict[str, E2EReport]:
+                   blame: bool = True, tp: int = 1) -> dict[str, E2EReport]:
     """Several candidate sets against one loaded model (one child job; the baseline and the noise
-    floor are measured once). candidate_sets: {name: directory or {op: code or path}}."""
+    floor are measured once). candidate_sets: {name: directory or {op: code or path}}.
+    tp > 1: the model tensor-parallel over that many processes (fastkernels.bench.tp)."""
     from fastkernels.models.catalog import resolve
     from fastkernels.registry.tasks import check_level
 
@@ -215,6 +225,15 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
     prompt_len, new_tokens = _defaults(tiny, prompt_len, new_tokens)
     if batch < 1 or prompt_len < 1 or new_tokens < 2:
         raise UsageError("need --batch >= 1, --prompt-len >= 1 and --new-tokens >= 2")
+    if tp != 1:
+        from fastkernels.bench.devices import visible_gpus
+        from fastkernels.models.sharding import check_tp, check_tp_level
+
+        check_tp(entry.hf_config(), tp, entry.model_id)
+        check_tp_level(lvl, tp)
+        gpus = visible_gpus()
+        if gpus and len(gpus) < tp and not (device or "").startswith("cpu"):
+            raise UsageError(f"--tp {tp} needs {tp} GPUs; {len(gpus)} visible (CUDA_VISIBLE_DEVICES)")
     from fastkernels.registry.tasks import load_task
 
     sets, names, skipped = {}, {}, {}
@@ -231,7 +250,7 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
         sets[set_name], names[set_name] = codes, keys
     base_payload = {"model": entry.model_id, "tiny": tiny, "level": lvl, "prompt_len": prompt_len,
                     "new_tokens": new_tokens, "batch": batch, "device": device, "dtype": dtype or "bfloat16",
-                    "seed": seed, "compile_baseline": compile_baseline}
+                    "seed": seed, "compile_baseline": compile_baseline, "tp": tp}
     timeout = timeout or (600.0 if tiny else 1800.0)
     start = time.monotonic()
     job = _job("fastkernels.bench.e2e:_e2e_job", {**base_payload, "sets": sets}, timeout,
@@ -253,7 +272,7 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
         job_failed = "logit_rel_error_noise" not in data
         report = E2EReport.from_dict({"model_id": entry.model_id, "level": lvl, "tiny": tiny,
                                       "candidates": [names[set_name][k] for k in codes], **data})
-        report.model_id, report.level, report.tiny = entry.model_id, lvl, tiny
+        report.model_id, report.level, report.tiny, report.tp = entry.model_id, lvl, tiny, tp
         if report.shadow:
             for op in report.shadow["ops"]:
                 if not op["passed"]:
@@ -295,13 +314,11 @@ def run_benchmark(model: str, level, candidates=None, *, tiny: bool = False, pro
     a dict {op or "L1/op": code or path}) into `model` at `level` and measure it against the
     baseline model; see the module docstring. Runs in a sandboxed child; never raises for what the
     candidates do (it is in the report)."""
-    if tp != 1:
-        raise UsageError("end-to-end runs are single-GPU for now: drop --tp")
     if candidates is None:
         candidates = Path.cwd() / "tasks" / "candidate"
     reports = run_benchmarks(model, level, {"candidates": candidates}, tiny=tiny, prompt_len=prompt_len,
                              new_tokens=new_tokens, batch=batch, device=device, dtype=dtype, sink=sink,
-                             seed=seed, timeout=timeout, compile_baseline=compile_baseline, blame=blame)
+                             seed=seed, timeout=timeout, compile_baseline=compile_baseline, blame=blame, tp=tp)
     return reports["candidates"]
 
 
@@ -462,7 +479,14 @@ def _setup(payload: dict):
 
     device = payload.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, payload.get("dtype") or "bfloat16")
-    loaded = load_model(resolve(payload["model"], payload["tiny"]), dtype=dtype, device=device, seed=payload["seed"])
+    entry = resolve(payload["model"], payload["tiny"])
+    if payload.get("tp", 1) > 1:  # one rank of a tensor-parallel run (fastkernels.bench.tp)
+        from fastkernels.models.sharding import load_sharded
+
+        loaded = load_sharded(entry, rank=payload["tp_rank"], world=payload["tp_world"], dtype=dtype, device=device,
+                              seed=payload["seed"], from_meta=payload.get("tp_from_meta"))
+    else:
+        loaded = load_model(entry, dtype=dtype, device=device, seed=payload["seed"])
     gen = torch.Generator(device="cpu").manual_seed(payload["seed"] + 1)
     vocab = loaded.model.config.vocab_size
     prompt = torch.randint(0, vocab, (payload["batch"], payload["prompt_len"]), generator=gen).to(loaded.device)
@@ -633,7 +657,8 @@ def report_renderables(r: E2EReport) -> list:
     from rich.table import Table
     from rich.text import Text
 
-    out = [Text(f"{r.model_id}{' (tiny)' if r.tiny else ''} · level {r.level} · {r.device} {r.dtype} · "
+    out = [Text(f"{r.model_id}{' (tiny)' if r.tiny else ''} · level {r.level} · {r.device} {r.dtype}"
+                f"{f' · tensor parallel x{r.tp}' if r.tp > 1 else ''} · "
                 f"{r.weights} · batch {r.batch}, prompt {r.prompt_len}, {r.new_tokens} new tokens")]
     if r.shadow:
         t = Table(title="shadow check (each patched op beside its baseline, in the model)")
@@ -694,12 +719,13 @@ def bench_command(args, console) -> int:
     from fastkernels.bench.tracking import tracker
 
     params = {"model": args.model, "level": args.level, "tiny": args.tiny, "candidates": str(candidates),
-              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed}
+              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed,
+              "tp": getattr(args, "tp", 1)}
     with tracker.start_run(f"bench {args.model}{' (tiny)' if args.tiny else ''} L{args.level}", params=params,
                            root=True) as run:
         report = run_benchmark(args.model, args.level, candidates, tiny=args.tiny, prompt_len=args.prompt_len,
                                new_tokens=args.new_tokens, batch=args.batch, device=args.device, seed=args.seed,
-                               sink=sink)
+                               sink=sink, tp=getattr(args, "tp", 1))
         run.log_e2e(report.to_dict(), passed=report.passed, token_match=report.token_match,
                     speedup=report.speedup_decode)
     for item in report_renderables(report):

@@ -57,12 +57,24 @@ class Workload:
     batch: int
     prefill_len: int
     decode_context: int
+    # Tensor-parallel ranks (`--tp`): the shapes are one rank's (heads and MLP widths / tp), the
+    # task functions get that rank's view of the config (fastkernels.models.sharding.rank_config).
+    tp: int = 1
 
     @classmethod
     def default(cls, small: bool) -> "Workload":
         # Full: Llama-3.1-8B prefill of 4096 tokens and decode of one token over a 4096 context.
         # Small: what the Triton interpreter gets through in seconds on a CPU.
         return cls(batch=2, prefill_len=16, decode_context=16) if small else cls(1, 4096, 4096)
+
+
+def rank_config(config, tp: int):
+    """`config` as one of `tp` tensor-parallel ranks sees the model (itself when tp is 1)."""
+    if tp == 1:
+        return config
+    from fastkernels.models.sharding import rank_config as shard
+
+    return shard(config, tp)
 
 
 def check_level(level) -> int:
@@ -129,6 +141,13 @@ class OperatorSpec:
     init_args: dict
     shapes: dict[str, dict] = field(default_factory=dict)
     description: str = ""
+    tp: int = 1  # the shapes are one of `tp` tensor-parallel ranks'
+
+    def config(self):
+        """The HF config the task functions see: one rank's under tensor parallelism."""
+        from fastkernels.models.catalog import resolve
+
+        return rank_config(resolve(self.model_id, self.tiny).hf_config(), self.tp)
 
     @property
     def key(self) -> str:
@@ -159,6 +178,7 @@ class OperatorSpec:
             "init_args": self.init_args,
             "shapes": self.shapes,
             "models": self.models,
+            "tp": self.tp,
         }
 
 
@@ -170,8 +190,11 @@ def build_spec(level: int, op: str, model_id: str, tiny: bool, workload: Workloa
     task = load_task(level, op)
     if entry.family not in task.FAMILIES:
         raise UsageError(f"operator {op!r} (L{level}) is not used by {model_id} ({entry.family})")
-    config = entry.hf_config()
     workload = workload or Workload.default(small=tiny)
+    config = rank_config(entry.hf_config(), workload.tp)
+    shapes = task.shapes(config, workload)
+    if workload.tp > 1:  # say so in every shape: these are one rank's
+        shapes = {name: {**shape, "tp": workload.tp} for name, shape in shapes.items()}
     users = [m for m in known_models() if resolve(m).family in task.FAMILIES]
     path = baseline_dir(level) / f"{op}.py"
     return OperatorSpec(
@@ -189,8 +212,9 @@ def build_spec(level: int, op: str, model_id: str, tiny: bool, workload: Workloa
         bound=getattr(task, "BOUND", "memory"),
         dtypes=tuple(getattr(task, "DTYPES", DEFAULT_DTYPES)),
         init_args=task.init_args(config),
-        shapes=task.shapes(config, workload),
+        shapes=shapes,
         description=(task.__doc__ or "").strip().splitlines()[0] if task.__doc__ else "",
+        tp=workload.tp,
     )
 
 
@@ -247,8 +271,6 @@ def build_inputs(spec: "OperatorSpec", shape_name: str, dtype, device, seed: int
     """Fresh seeded inputs for one shape of `spec`."""
     import torch
 
-    from fastkernels.models.catalog import resolve
-
-    config = resolve(spec.model_id, spec.tiny).hf_config()
+    config = spec.config()
     gen = torch.Generator(device=device).manual_seed(seed)
     return spec.task().make_inputs(config, spec.shapes[shape_name], dtype_of(dtype), device, gen)
