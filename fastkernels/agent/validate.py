@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 
 STAGES = ("syntax", "static", "import", "class", "init")
+CUDA_BUILD_TIMEOUT = 600.0  # seconds for a validation that compiles CUDA (fastkernels.bench.cuda_build)
 STAGE_MARK = "[fastkernels-validate] stage="
 
 # Calls a --cuda-only forward may make on the torch namespace: allocation and metadata, no math.
@@ -260,6 +261,10 @@ def validate_kernel(code: str, expected_class_name: str, *, spec=None, cuda_only
     bad = static_check(code, expected_class_name, cuda_only=cuda_only)
     if bad is not None:
         return bad
+    if cuda_only or "load_inline" in code:
+        # Importing compiles the CUDA (torch/extension.h alone is ~20-40 s of host compiler): a first
+        # build needs far longer than an import. Later imports load it from the cache in milliseconds.
+        timeout = max(timeout, CUDA_BUILD_TIMEOUT)
     filename = f"candidate_{re.sub(r'[^A-Za-z0-9_]', '_', expected_class_name)}.py"
     init_args = None
     if spec is not None:
