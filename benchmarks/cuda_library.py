@@ -13,8 +13,8 @@ run cut short can be continued with --stages):
   unit    run_unit of each CUDA library kernel (cuda_only: profiler-enforced) and of the Triton
           library kernel of the same operator, at the model's full shapes: correctness in every
           dtype, then eager / torch.compile / kernel device times of the first dtype (bf16).
-Operators without a raw CUDA library kernel (attention, embedding) fail at once in the agent
-stages, labelled so; the end-to-end run takes the kernels that passed.
+Operators without a raw CUDA library kernel (attention) fail at once in the agent stages,
+labelled so; the end-to-end run takes the kernels that passed.
 
     python benchmarks/cuda_library.py --out benchmarks/results/cuda_library          # on the GPU
     python benchmarks/cuda_library.py --out /tmp/cl --stages unit --ops rms_norm     # one piece
@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 STAGES = ("agent1", "agent2", "unit")
-CUDA_OPS = ("rms_norm", "add_rms_norm", "silu_and_mul", "rotary_embedding")
+CUDA_OPS = ("rms_norm", "add_rms_norm", "silu_and_mul", "rotary_embedding", "embedding")
 DEFAULT_CACHE = Path("/tmp/fastkernels-cuda-bench-cache")
 
 
