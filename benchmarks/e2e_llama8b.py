@@ -12,7 +12,10 @@ Run on the GPU machine from the repository root (needs torch, triton, transforme
     PYTHONPATH=. python benchmarks/e2e_llama8b.py --out benchmarks/results/e2e_llama8b
 
 It writes <out>/<set>.json (the E2EReport of each set) and <out>/summary.md, prints the verdicts,
-and exits 0 when (a) and (b) pass and (c) fails with rms_norm blamed. `--tiny` runs the same on the
+and exits 0 when (a) and (b) pass and (c) fails with rms_norm blamed. Each set's result also lands in
+<out>/partial.jsonl the moment it is measured, so a run killed by a timeout leaves what it had.
+Bounded: the timing rounds stop early past --timing-budget-s, the job is killed at --timeout-s, and
+nothing is re-run (about 2 minutes on an H100; see the timing note in summary.md). `--tiny` runs the same on the
 tiny Llama (CPU-friendly; the liger set needs a GPU, pass --skip-liger there).
 """
 
@@ -110,28 +113,53 @@ def fmt(x, spec=".3g"):
     return "-" if x is None else format(x, spec)
 
 
+def spread(t: dict, key: str, spec=".1f") -> str:
+    """median [min-max] of one timing figure."""
+    mid, lo, hi = t.get(key), t.get(f"{key}_min"), t.get(f"{key}_max")
+    if mid is None:
+        return "-"
+    return f"{mid:{spec}} [{lo:{spec}}-{hi:{spec}}]" if lo is not None and hi is not None else f"{mid:{spec}}"
+
+
+def ratio(r, key: str) -> str:
+    mid, lo, hi = getattr(r, key), getattr(r, f"{key}_min"), getattr(r, f"{key}_max")
+    if mid is None:
+        return "-"
+    return f"{mid:.2f} [{lo:.2f}-{hi:.2f}]" if lo is not None and hi is not None else f"{mid:.2f}"
+
+
 def summary(reports, command: str, seconds: float) -> str:
     first = next(iter(reports.values()))
     lines = [f"# End-to-end, level 1: {first.model_id}{' (tiny)' if first.tiny else ''}", "",
              f"Command: `{command}` ({seconds:.0f} s)", ""]
-    r0 = next(iter(reports.values()))
+    r0 = first
     lines += [f"Device {r0.device}, {r0.dtype}, {r0.weights}; batch {r0.batch}, prompt {r0.prompt_len}, "
               f"{r0.new_tokens} new tokens. Noise floor (baseline bf16 vs fp32): token match "
               f"{fmt(r0.token_match_noise, '.1%')}, top-1 {fmt(r0.top1_agreement_noise, '.1%')}, "
-              f"logit error {fmt(r0.logit_rel_error_noise)}.", ""]
-    eager = r0.timings.get("baseline_eager", {})
-    compiled = r0.timings.get("baseline_compiled", {})
-    lines += [f"Baselines: eager prefill {fmt(eager.get('prefill_ms'), '.1f')} ms, decode "
-              f"{fmt(eager.get('decode_tok_s'), '.1f')} tok/s; compiled (HF static cache) decode "
-              f"{fmt(compiled.get('decode_tok_s'), '.1f')} tok/s {compiled.get('note', '')}", ""]
-    lines += ["| set | result | shadow | token match | top-1 | logit error | prefill ms | decode tok/s | decode speedup | blamed |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              f"logit error {fmt(r0.logit_rel_error_noise)}.", "",
+              "Timing: every figure is the median of timed greedy generations, each after its own warm-up "
+              "generation, [min-max] beside it. Each set was timed in rounds with the unpatched baseline, "
+              "alternating who goes first (AB, BA, ...); its speedup is the median of the per-round ratios "
+              "[min-max over the rounds]. Timed runs use the model's default attention (SDPA) for baseline and "
+              "patched model alike; the correctness figures use eager attention. A speedup whose range "
+              "includes 1.00 is noise. Set `baseline` binds the baseline files themselves: its ratio is what "
+              "binding through fastkernels' forwards costs or saves, with no kernel changed.", ""]
+    lines += ["| model | attention | runs | prefill ms | decode tok/s | note |", "|---|---|---|---|---|---|"]
+    for key in ("baseline_eager", "baseline_eager_attention", "baseline_compiled"):
+        t = r0.timings.get(key)
+        if t:
+            lines.append(f"| {key.replace('_', ' ')} | {t.get('attention', '')} | {t.get('reps', '')} "
+                         f"| {spread(t, 'prefill_ms')} | {spread(t, 'decode_tok_s')} | {t.get('note', '')} |")
+    lines += ["", "| set | result | shadow | token match | top-1 | logit error | prefill ms | decode tok/s "
+              "| baseline tok/s (same rounds) | decode speedup | prefill speedup | blamed |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         p = r.timings.get("patched", {})
+        b = r.timings.get("baseline_this_set", {})
         lines.append(f"| {name} | {'pass' if r.passed else 'FAIL'} | {'pass' if r.shadow and r.shadow['passed'] else 'FAIL'} "
                      f"| {fmt(r.token_match, '.1%')} | {fmt(r.top1_agreement, '.1%')} | {fmt(r.logit_rel_error)} "
-                     f"| {fmt(p.get('prefill_ms'), '.1f')} | {fmt(p.get('decode_tok_s'), '.1f')} "
-                     f"| {fmt(r.speedup_decode, '.2f')} | {', '.join(r.blamed) or '-'} |")
+                     f"| {spread(p, 'prefill_ms')} | {spread(p, 'decode_tok_s')} | {spread(b, 'decode_tok_s')} "
+                     f"| {ratio(r, 'speedup_decode')} | {ratio(r, 'speedup_prefill')} | {', '.join(r.blamed) or '-'} |")
     lines.append("")
     for name, r in reports.items():
         lines.append(f"- {name}: {r.verdict}")
@@ -147,11 +175,18 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled baseline")
     ap.add_argument("--skip-liger", action="store_true", help="no liger set (e.g. on a CPU)")
+    ap.add_argument("--reps", type=int, default=4, help="timed rounds per comparison (baseline and patched each)")
+    ap.add_argument("--timing-budget-s", type=float, default=75.0,
+                    help="the timing rounds stop early (in pairs, at least 2) past this many seconds in all")
+    ap.add_argument("--timeout-s", type=float, default=300.0, help="the whole measurement job is killed after this")
     args = ap.parse_args()
+
+    t_start = time.monotonic()
 
     def sink(event):
         if isinstance(event, E2EProgress):
-            print(f"[{event.stage} {event.done}/{event.total}] {event.detail}", flush=True)
+            print(f"[{time.monotonic() - t_start:5.0f} s] [{event.stage} {event.done}/{event.total}] {event.detail}",
+                  flush=True)
         elif isinstance(event, KernelBlamed):
             print(f"blamed {event.op}: {event.reason}", flush=True)
 
@@ -161,9 +196,14 @@ def main() -> int:
     start = time.monotonic()
     try:
         sets = write_sets(tmp, args.skip_liger)
+        # One model load, no reruns: a job that dies reports the sets it finished (partial.jsonl).
+        partial = out / "partial.jsonl"
+        partial.unlink(missing_ok=True)
         reports = run_benchmarks(args.model, 1, sets, tiny=args.tiny, prompt_len=args.prompt_len,
                                  new_tokens=args.new_tokens, sink=sink,
-                                 compile_baseline=False if args.no_compile else None)
+                                 compile_baseline=False if args.no_compile else None, timing_reps=args.reps,
+                                 timing_budget_s=args.timing_budget_s, timeout=args.timeout_s,
+                                 partial_file=partial, retry_sets_alone=False, blame=False)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.monotonic() - start

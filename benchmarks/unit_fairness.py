@@ -1,26 +1,34 @@
 """Is the unit-benchmark stopwatch fair, and does the gate catch cheats, on a real GPU?
 
-For every L1 operator of a model (full size; default Llama-3.1-8B-Instruct):
-  (a) the baseline file itself as the candidate: every shape must pass, speedup ~1.0 vs eager;
+For every L1 operator of a model (full size; default Llama-3.1-8B-Instruct), in ONE sandboxed child
+per operator (fastkernels.bench.unit.run_unit_many):
+  (a) the baseline file itself as the candidate: every shape must pass, and its speedup against
+      the eager baseline must read 1.00 within FAIR_WITHIN (device time; the wall-time ratio beside
+      it, and whether the shape is launch-bound); the torch.compile baseline is compiled and timed
+      now, interleaved with the others (Inductor's on-disk caches shared by every child);
   (b) a cheating candidate (the baseline that caches its first output and returns it for every new
       input): must be caught;
-and for rms_norm the whole cheat corpus of tests/engine/cheats (side streams included, which only a
-GPU can show). Then the wall time of validate + unit test for one L1 candidate on a warm GPU, and
-the sandbox's child start cost.
+and for rms_norm the whole cheat corpus of tests/engine/cheats in one more child (side streams
+included, which only a GPU can show). Then the wall time of the agent's gate (validate + unit test)
+for one L1 candidate, cold and warm, the sandbox's child start cost and an out-of-bounds kernel.
+
+Results are written after every step (PREFIX.json and PREFIX.md), so a run stopped by a timeout
+still leaves what it measured; --budget-s skips what would start after the budget is spent.
+
+    python benchmarks/unit_fairness.py --out benchmarks/results/unit_fairness_h100
 
 Needs only torch, triton and transformers (no mlflow, textual or anthropic).
-
-    python benchmarks/unit_fairness.py --out benchmarks/unit_fairness_h100
-writes benchmarks/unit_fairness_h100.json and .md and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +37,13 @@ sys.path.insert(0, str(ROOT))
 
 from fastkernels.agent.validate import validate_kernel  # noqa: E402
 from fastkernels.bench.sandbox import run_job  # noqa: E402
-from fastkernels.bench.unit import run_unit  # noqa: E402
+from fastkernels.bench.unit import run_unit, run_unit_many  # noqa: E402
 from fastkernels.registry.tasks import discover  # noqa: E402
 
 CHEATS = ROOT / "tests" / "engine" / "cheats"
+# A baseline timed against itself must read 1.00 within this (device-time medians of interleaved
+# calls; what is left is the GPU's own jitter and the events' resolution on few-microsecond ops).
+FAIR_WITHIN = 0.05
 
 
 def caching_cheat(spec) -> str:
@@ -51,24 +62,88 @@ class {spec.class_name}(_Honest{spec.class_name}):
 def shape_rows(report, what):
     rows = []
     for s in report.shapes:
+        t = s.timing or {}
+        dev = t.get("device", {})
         rows.append({"op": report.op, "what": what, "shape": s.shape, "dims": s.dims, "dtype": s.dtype,
                      "passed": s.passed, "eager_ms": s.baseline_eager_ms, "compile_ms": s.baseline_compile_ms,
                      "candidate_ms": s.candidate_ms, "speedup_vs_eager": s.speedup_vs_eager,
                      "speedup_vs_compile": s.speedup_vs_compile, "roofline_fraction": s.roofline_fraction,
+                     "eager_wall_ms": s.baseline_eager_wall_ms, "candidate_wall_ms": s.candidate_wall_ms,
+                     "speedup_wall_vs_eager": s.speedup_wall_vs_eager, "launch_bound": s.launch_bound,
+                     "method": s.timing_method, "compile_cached": s.compile_cached,
+                     "eager_iqr_ms": [dev.get("eager", {}).get("p25"), dev.get("eager", {}).get("p75")],
+                     "candidate_iqr_ms": [dev.get("candidate", {}).get("p25"), dev.get("candidate", {}).get("p75")],
                      "reason": s.reason})
     return rows
 
 
 def fmt(x, spec=".4f"):
-    return format(x, spec) if isinstance(x, (int, float)) else "-"
+    return format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+
+
+def us(x):
+    return fmt(1e3 * x, ".1f") if isinstance(x, (int, float)) else "-"
+
+
+def last_line(text: str) -> str:
+    return (text.splitlines() or [""])[-1]
+
+
+def markdown(result: dict) -> str:
+    md = [f"# Unit-benchmark fairness and anti-cheat on {result['gpu']}", "",
+          f"Command: `{result['command']}`  ", f"Model: {result['model']} (full size), torch {result['torch']}  ",
+          f"Status: {result['status']} after {result.get('elapsed_s', 0):.0f} s", "",
+          "Device time: median per call with the host's launch cost hidden (GPU held while calls are enqueued), "
+          "baseline, candidate and torch.compile interleaved call by call, L2 flushed, inputs rotated; IQR in "
+          "brackets. Wall: per call issued back to back from Python. Launch-bound: wall > 1.5 x device time "
+          "(an eager caller sees the wall ratio).", "",
+          "| op | candidate | shape | pass | eager us [IQR] | compile us | candidate us [IQR] | speedup (device) "
+          "| eager wall us | cand wall us | speedup (wall) | launch-bound | fair |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if r["candidate_ms"] is None:
+            continue
+        fair = "-"
+        if r["what"] == "baseline as candidate" and r["speedup_vs_eager"] is not None:
+            fair = "yes" if abs(r["speedup_vs_eager"] - 1) <= FAIR_WITHIN else "NO"
+        e_iqr, c_iqr = r["eager_iqr_ms"], r["candidate_iqr_ms"]
+        md.append(f"| {r['op']} | {r['what']} | {r['shape']} {r['dtype']} | {r['passed']} "
+                  f"| {us(r['eager_ms'])} [{us(e_iqr[0])}-{us(e_iqr[1])}] "
+                  f"| {us(r['compile_ms'])}{' (cached)' if r['compile_cached'] else ''} "
+                  f"| {us(r['candidate_ms'])} [{us(c_iqr[0])}-{us(c_iqr[1])}] | {fmt(r['speedup_vs_eager'], '.3f')} "
+                  f"| {us(r['eager_wall_ms'])} | {us(r['candidate_wall_ms'])} | {fmt(r['speedup_wall_vs_eager'], '.3f')} "
+                  f"| {'yes' if r['launch_bound'] else 'no'} | {fair} |")
+    md += ["", "| op | cheat | caught | message (last line) |", "|---|---|---|---|"]
+    for c in result["cheats"]:
+        md.append(f"| {c['op']} | {c['cheat']} | {c['caught']} | {last_line(c['message']).replace('|', '/')[:160]} |")
+    md.append("")
+    for f in result["fair"]:
+        md.append(f"- {f['op']}: one child, {f['seconds']:.1f} s (baseline as candidate + caching cheat, compile included)")
+    g = result.get("gate_wall_time")
+    if g:
+        for k in ("cold", "warm"):
+            if k in g:
+                w = g[k]
+                md.append(f"- Gate wall time, {k} (validate {w['validate_s']:.1f} s + unit {w['unit_s']:.1f} s, "
+                          f"{g['candidate']}): {w['total_s']:.1f} s, passed={w['passed']}")
+    if "child_start_s" in result:
+        cs = result["child_start_s"]
+        md.append(f"- Sandbox child start: {cs['bare']:.2f} s bare, {cs['importing_torch']:.2f} s including `import torch`.")
+    if "fault_illegal_memory_access" in result:
+        f = result["fault_illegal_memory_access"]
+        md.append(f"- Out-of-bounds Triton store in a job: kind `{f['kind']}`: {f['error']}")
+    for s in result["skipped"]:
+        md.append(f"- skipped (budget): {s}")
+    return "\n".join(md) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
     ap.add_argument("--ops", default=None, help="comma-separated subset of the L1 operators")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (saves minutes)")
+    ap.add_argument("--seeds", type=int, default=2, help="fresh-input samples per shape for the fairness checks")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    ap.add_argument("--budget-s", type=float, default=170.0, help="start no new step after this many seconds")
     ap.add_argument("--out", required=True, help="path prefix: writes PREFIX.json and PREFIX.md")
     args = ap.parse_args()
 
@@ -77,6 +152,11 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("this benchmark needs a CUDA GPU (timings on a CPU mean nothing)", file=sys.stderr)
         return 2
+    # Every child compiles into (and reads from) the same Inductor and Triton caches.
+    cache = Path(tempfile.gettempdir()) / "fastkernels-unit-fairness-cache"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     started = time.time()
     specs = discover(args.model, 1, tiny=False)
     if args.ops:
@@ -84,91 +164,95 @@ def main() -> int:
         specs = [s for s in specs if s.name in wanted]
     result = {"model": args.model, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "python": platform.python_version(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "fair": [], "cheats": [], "rows": []}
-
-    for spec in specs:
-        t0 = time.time()
-        fair = run_unit(spec, spec.source_code, seeds=args.seeds, require_kernel=False,
-                        compile_baseline=not args.no_compile)
-        speedups = [s.speedup_vs_eager for s in fair.shapes if s.speedup_vs_eager is not None]
-        result["fair"].append({"op": spec.key, "passed": fair.passed, "error": fair.error,
-                               "speedups_vs_eager": speedups, "seconds": time.time() - t0,
-                               "ceilings": fair.ceilings})
-        result["rows"] += shape_rows(fair, "baseline as candidate")
-        print(f"{spec.key:22s} baseline-as-candidate passed={fair.passed} speedups={[round(x, 3) for x in speedups]}"
-              + (f" error={fair.failure_message()}" if not fair.passed else ""), flush=True)
-        cheat = run_unit(spec, caching_cheat(spec), seeds=args.seeds, require_kernel=False, compile_baseline=False)
-        result["cheats"].append({"op": spec.key, "cheat": "caches its first output", "caught": not cheat.passed,
-                                 "message": cheat.failure_message()})
-        print(f"{spec.key:22s} caching cheat caught={not cheat.passed}: {cheat.failure_message().splitlines()[-1][:150]}",
-              flush=True)
-
-    rms = next((s for s in specs if s.name == "rms_norm"), None)
-    if rms is not None:
-        for path in sorted(CHEATS.glob("*.py")):
-            if path.stem in ("faults", "correct_rms_norm"):
-                continue
-            rep = run_unit(rms, path.read_text(), seeds=1, compile_baseline=False)
-            result["cheats"].append({"op": rms.key, "cheat": path.stem, "caught": not rep.passed,
-                                     "message": rep.failure_message()})
-            print(f"{rms.key:22s} cheat {path.stem:20s} caught={not rep.passed}: "
-                  f"{(rep.failure_message().splitlines() or [''])[-1][:150]}", flush=True)
-
-        # Wall time of the agent's gate for one candidate, warm (second of two runs: Triton's and
-        # Inductor's caches and the device ceilings are in place after the first).
-        code = (CHEATS / "correct_rms_norm.py").read_text()
-        walls = []
-        for _ in range(2):
-            t0 = time.time()
-            v = validate_kernel(code, rms.class_name, spec=rms)
-            rep = run_unit(rms, code, seeds=args.seeds, compile_baseline=not args.no_compile)
-            walls.append({"validate_s": v.seconds, "unit_s": rep.seconds, "total_s": time.time() - t0,
-                          "passed": v.ok and rep.passed, "error": v.error or rep.failure_message()})
-        result["gate_wall_time"] = {"candidate": "tests/engine/cheats/correct_rms_norm.py", "cold": walls[0],
-                                    "warm": walls[1]}
-        result["rows"] += shape_rows(rep, "honest Triton RMSNorm")
-        print(f"gate wall time (validate + unit, {rms.key}): cold {walls[0]['total_s']:.1f} s, "
-              f"warm {walls[1]['total_s']:.1f} s, passed={walls[1]['passed']}", flush=True)
-
-    probe = "fastkernels.bench.sandbox:probe"
-    starts = [run_job(probe, {}, timeout=60, label="start").seconds for _ in range(3)]
-    torch_starts = [run_job(probe, {"torch": True}, timeout=120, label="start").seconds for _ in range(3)]
-    oob = run_job("tests.engine.cheats.faults:illegal_memory_access", {}, timeout=120, label="out-of-bounds kernel")
-    result["fault_illegal_memory_access"] = {"kind": oob.kind, "error": oob.error}
-    print(f"illegal memory access job: kind={oob.kind}: {oob.error}", flush=True)
-    result["child_start_s"] = {"bare": min(starts), "importing_torch": min(torch_starts)}
-    result["total_seconds"] = time.time() - started
-
+              "status": "running", "fair": [], "cheats": [], "rows": [], "skipped": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
-    md = [f"# Unit-benchmark fairness and anti-cheat on {result['gpu']}", "",
-          f"Command: `{result['command']}`  ", f"Model: {args.model} (full size), torch {result['torch']}", "",
-          "| op | candidate | shape | dtype | pass | eager ms | compile ms | candidate ms | speedup | vs compile | roofline |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        if r["candidate_ms"] is None:
+
+    def save(status="running"):
+        result["status"] = status
+        result["elapsed_s"] = time.time() - started
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str))
+        out.with_suffix(".md").write_text(markdown(result))
+
+    def over_budget(what: str) -> bool:
+        if time.time() - started > args.budget_s:
+            result["skipped"].append(what)
+            print(f"skipped (budget of {args.budget_s:.0f} s spent): {what}", flush=True)
+            save()
+            return True
+        return False
+
+    save()
+    for spec in specs:
+        if over_budget(f"{spec.key}: baseline as candidate and caching cheat"):
             continue
-        roof = f"{100 * r['roofline_fraction']:.0f}%" if r["roofline_fraction"] is not None else "-"
-        md.append(f"| {r['op']} | {r['what']} | {r['shape']} | {r['dtype']} | {r['passed']} | {fmt(r['eager_ms'])} | "
-                  f"{fmt(r['compile_ms'])} | {fmt(r['candidate_ms'])} | {fmt(r['speedup_vs_eager'], '.3f')} | "
-                  f"{fmt(r['speedup_vs_compile'], '.3f')} | {roof} |")
-    md += ["", "| op | cheat | caught | message (last line) |", "|---|---|---|---|"]
-    for c in result["cheats"]:
-        last = (c["message"].splitlines() or [""])[-1].replace("|", "/")[:160]
-        md.append(f"| {c['op']} | {c['cheat']} | {c['caught']} | {last} |")
-    if "gate_wall_time" in result:
-        g = result["gate_wall_time"]
-        md += ["", f"Gate wall time (validate + unit test, one L1 candidate): cold {g['cold']['total_s']:.1f} s, "
-               f"warm {g['warm']['total_s']:.1f} s."]
-    cs = result["child_start_s"]
-    md += [f"Sandbox child start: {cs['bare']:.2f} s bare, {cs['importing_torch']:.2f} s including `import torch`.",
-           f"Out-of-bounds Triton store in a job: kind `{oob.kind}`: {oob.error}",
-           f"Total: {result['total_seconds']:.0f} s."]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
-    fair_ok = (all(f["passed"] for f in result["fair"]) and all(c["caught"] for c in result["cheats"])
-               and oob.kind == "cuda_error")
+        t0 = time.time()
+        got = run_unit_many(spec, {"baseline": spec.source_code, "caching cheat": caching_cheat(spec)},
+                            seeds=args.seeds, require_kernel=False, compile_baseline=not args.no_compile,
+                            compile_cache=False)
+        fair, cheat = got["baseline"], got["caching cheat"]
+        speedups = [s.speedup_vs_eager for s in fair.shapes if s.speedup_vs_eager is not None]
+        result["fair"].append({"op": spec.key, "passed": fair.passed, "error": fair.error,
+                               "speedups_vs_eager": speedups,
+                               "within": all(abs(x - 1) <= FAIR_WITHIN for x in speedups) and bool(speedups),
+                               "seconds": time.time() - t0, "ceilings": fair.ceilings})
+        result["rows"] += shape_rows(fair, "baseline as candidate")
+        result["cheats"].append({"op": spec.key, "cheat": "caches its first output", "caught": not cheat.passed,
+                                 "message": cheat.failure_message()})
+        lb = [s.shape for s in fair.shapes if s.launch_bound]
+        print(f"{spec.key:22s} baseline-as-candidate passed={fair.passed} speedups={[round(x, 3) for x in speedups]}"
+              f" launch-bound={lb} ({time.time() - t0:.0f} s)" + (f" error={fair.failure_message()}" if not fair.passed else ""),
+              flush=True)
+        print(f"{spec.key:22s} caching cheat caught={not cheat.passed}: {last_line(cheat.failure_message())[:150]}",
+              flush=True)
+        save()
+
+    rms = next((s for s in specs if s.name == "rms_norm"), None)
+    if rms is not None and not over_budget("rms_norm cheat corpus"):
+        corpus = {p.stem: p.read_text() for p in sorted(CHEATS.glob("*.py"))
+                  if p.stem not in ("faults", "correct_rms_norm")}
+        for name, rep in run_unit_many(rms, corpus, seeds=1, compile_baseline=False).items():
+            result["cheats"].append({"op": rms.key, "cheat": name, "caught": not rep.passed,
+                                     "message": rep.failure_message()})
+            print(f"{rms.key:22s} cheat {name:20s} caught={not rep.passed}: "
+                  f"{last_line(rep.failure_message())[:150]}", flush=True)
+        save()
+
+    if rms is not None:
+        # The agent's gate for one candidate, as the agent runs it (validate_kernel, then run_unit
+        # with the compiled baseline's time from this GPU's cache); warm = the second run.
+        code = (CHEATS / "correct_rms_norm.py").read_text()
+        gate = {"candidate": "tests/engine/cheats/correct_rms_norm.py"}
+        for which in ("cold", "warm"):
+            if over_budget(f"gate wall time ({which})"):
+                break
+            t0 = time.time()
+            v = validate_kernel(code, rms.class_name, spec=rms)
+            rep = run_unit(rms, code, compile_baseline=not args.no_compile)
+            gate[which] = {"validate_s": v.seconds, "unit_s": rep.seconds, "total_s": time.time() - t0,
+                           "passed": v.ok and rep.passed, "error": v.error or rep.failure_message()}
+            print(f"gate wall time ({which}, validate + unit, {rms.key}): {gate[which]['total_s']:.1f} s "
+                  f"(validate {v.seconds:.1f} s, unit {rep.seconds:.1f} s), passed={gate[which]['passed']}", flush=True)
+            result["gate_wall_time"] = gate
+            if which == "warm":
+                result["rows"] += shape_rows(rep, "honest Triton RMSNorm")
+            save()
+
+    if not over_budget("sandbox child start cost"):
+        probe = "fastkernels.bench.sandbox:probe"
+        starts = [run_job(probe, {}, timeout=60, label="start").seconds for _ in range(2)]
+        torch_starts = [run_job(probe, {"torch": True}, timeout=120, label="start").seconds for _ in range(2)]
+        result["child_start_s"] = {"bare": min(starts), "importing_torch": min(torch_starts)}
+        save()
+    if not over_budget("out-of-bounds fault job"):
+        oob = run_job("tests.engine.cheats.faults:illegal_memory_access", {}, timeout=120, label="out-of-bounds kernel")
+        result["fault_illegal_memory_access"] = {"kind": oob.kind, "error": oob.error}
+        print(f"illegal memory access job: kind={oob.kind}: {oob.error}", flush=True)
+
+    fair_ok = (all(f["passed"] and f["within"] for f in result["fair"]) and all(c["caught"] for c in result["cheats"])
+               and result.get("fault_illegal_memory_access", {}).get("kind") == "cuda_error" and not result["skipped"])
+    save("done" if not result["skipped"] else "done, some steps skipped (budget)")
+    print(markdown(result))
     return 0 if fair_ok else 1
 
 

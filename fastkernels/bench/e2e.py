@@ -5,8 +5,8 @@ runs, measure token match and speedup against the baseline model.
 candidates are untrusted code) and returns a typed `E2EReport`. In the child, the model is loaded
 once (real weights from disk, or seeded random ones: the report says which) and then:
 
-1. baseline, eager, in the model's dtype: greedy generation (timed: prefill latency, decode tok/s)
-   and teacher-forced logits over prompt + the baseline's own continuation;
+1. baseline, eager, in the model's dtype: greedy generation and teacher-forced logits over
+   prompt + the baseline's own continuation;
 2. the noise floor: the same baseline with fp32 parameters, compared with (1) exactly as the
    patched model will be. On random weights a deep model amplifies rounding chaotically (Llama-3.1-8B
    bf16 vs fp32: 31% top-1 agreement), so a model-level figure means something only beside it;
@@ -14,6 +14,16 @@ once (real weights from disk, or seeded random ones: the report says which) and 
    decode steps (every patched operator also runs its baseline on clones of the same activations;
    failures name operator and layer), then greedy generation and teacher-forced logits as in (1);
 4. on a GPU, the baseline compiled (HF generate with a static cache, which compiles its forward).
+
+Timing: every figure is the median of several timed generations (TIMING_REPS), each after its own
+short warm-up, with the min and max beside it. The unpatched baseline is timed in the same rounds
+as each patched set, alternating who goes first (AB, BA, ...), and the speedup is the median of the
+per-round ratios, with their spread: a first run that pays for warm-up, or a machine whose speed
+drifts, no longer shows up as a speedup (the baseline files bound as candidates once read 1.64x
+against a single cold baseline run). The timed runs use the attention a user's model runs by
+default (SDPA), for the baseline and the patched model alike; the correctness runs (token match,
+logits, noise floor, shadow check) keep the loaded model's eager attention, the reference math the
+baselines are written against. The baseline with eager attention is timed beside it for reference.
 
 Pass = shadow check passes, no NaN/Inf, and the mean relative logit error within NOISE_MULTIPLE of
 the noise floor's. When the patched run raises, hangs, crashes or produces NaN/Inf, the culprits are
@@ -23,6 +33,8 @@ found by re-running subsets of the candidates in fresh sandboxed children (bisec
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import tempfile
@@ -49,9 +61,71 @@ CPU_TIMING_NOTE = "CPU run: timings are not meaningful (Triton kernels run under
 
 @dataclass
 class Timing:
+    """Medians over `reps` timed generations, each after its own warm-up, with the spread beside
+    them (min/max): a speedup inside the spread is noise."""
+
     prefill_ms: float | None = None
     decode_tok_s: float | None = None
     note: str = ""
+    prefill_ms_min: float | None = None
+    prefill_ms_max: float | None = None
+    decode_tok_s_min: float | None = None
+    decode_tok_s_max: float | None = None
+    reps: int = 0
+    attention: str = ""  # the attention implementation the timed runs used
+
+    @classmethod
+    def of(cls, runs: list[tuple[float, float]], note: str = "", attention: str = "") -> "Timing":
+        """From (prefill_ms, decode_tok_s) of each timed run."""
+        if not runs:
+            return cls(note=note, attention=attention)
+        pre = [p for p, _ in runs]
+        tok = [t for _, t in runs]
+        return cls(prefill_ms=_median(pre), decode_tok_s=_median(tok), note=note, prefill_ms_min=min(pre),
+                   prefill_ms_max=max(pre), decode_tok_s_min=min(tok), decode_tok_s_max=max(tok),
+                   reps=len(runs), attention=attention)
+
+
+def _median(xs) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def rotations(names: list[str], rounds: int) -> list[list[str]]:
+    """Who goes first in each round: AB, BA, AB, ... (each subject first equally often), so a drift
+    of the machine during the measurement lands on every subject alike."""
+    k = len(names)
+    return [names[r % k:] + names[:r % k] for r in range(rounds)]
+
+
+def bracketed(subjects: Mapping[str, Callable[[], object]], reps: int, *, deadline: float | None = None,
+              min_reps: int = 2, clock: Callable[[], float] = time.monotonic) -> dict[str, list]:
+    """Call each subject's measurement `reps` times, interleaved in rotating order; returns
+    {name: [result of each call, in order]}. A subject warms itself up inside its call. Past
+    `deadline` (on `clock`) it stops after the next complete pair of rounds, once `min_reps` are in
+    (a bounded run keeps every subject's first-place count equal)."""
+    out: dict[str, list] = {n: [] for n in subjects}
+    k = len(subjects)
+    for r, order in enumerate(rotations(list(subjects), reps)):
+        if deadline is not None and r >= min_reps and r % k == 0 and clock() > deadline:
+            break
+        for name in order:
+            out[name].append(subjects[name]())
+    return out
+
+
+def pair_ratios(base: list[tuple[float, float]], other: list[tuple[float, float]]) -> dict:
+    """Decode and prefill speedups of `other` over `base` from the runs of the same round (the
+    two measured next to each other): median, min and max over the rounds."""
+    dec = [o[1] / b[1] for b, o in zip(base, other) if b[1] and o[1]]
+    pre = [b[0] / o[0] for b, o in zip(base, other) if b[0] and o[0]]
+    out = {}
+    if dec:
+        out.update(speedup_decode=_median(dec), speedup_decode_min=min(dec), speedup_decode_max=max(dec))
+    if pre:
+        out.update(speedup_prefill=_median(pre), speedup_prefill_min=min(pre), speedup_prefill_max=max(pre))
+    return out
 
 
 @dataclass
@@ -82,8 +156,12 @@ class E2EReport:
     logit_rel_error_noise: float | None = None
     has_nan: bool = False
     timings: dict[str, dict] = field(default_factory=dict)  # baseline_eager, baseline_compiled, patched
-    speedup_decode: float | None = None  # patched decode tok/s over the eager baseline's
+    speedup_decode: float | None = None  # patched decode tok/s over the eager baseline's (median of rounds)
     speedup_prefill: float | None = None
+    speedup_decode_min: float | None = None  # the spread of that ratio over the bracketed rounds
+    speedup_decode_max: float | None = None
+    speedup_prefill_min: float | None = None
+    speedup_prefill_max: float | None = None
     blamed: dict[str, str] = field(default_factory=dict)  # candidate key -> reason
     error: str | None = None  # why the patched run failed, if it did
     notes: list[str] = field(default_factory=list)
@@ -157,6 +235,22 @@ class _ProgressTail:
         self.thread.join(timeout=5)
 
 
+def _read_partial(path) -> dict[str, dict]:
+    """{set name: result} from a partial-results file (JSON lines; a torn last line is skipped)."""
+    out = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            d = json.loads(line)
+            out[d["set"]] = d["result"]
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def _job(target: str, payload: dict, timeout: float, label: str, sink: Callable):
     from fastkernels.bench.sandbox import run_job
 
@@ -212,9 +306,16 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
                    prompt_len: int | None = None, new_tokens: int | None = None, batch: int = 1,
                    device: str | None = None, dtype: str | None = None, sink: Callable | None = None,
                    seed: int = 0, timeout: float | None = None, compile_baseline: bool | None = None,
-                   blame: bool = True, tp: int = 1) -> dict[str, E2EReport]:
+                   blame: bool = True, tp: int = 1, timing_reps: int | None = None,
+                   timing_budget_s: float | None = None, partial_file: str | Path | None = None,
+                   retry_sets_alone: bool = True) -> dict[str, E2EReport]:
     """Several candidate sets against one loaded model (one child job; the baseline and the noise
     floor are measured once). candidate_sets: {name: directory or {op: code or path}}.
+    timing_reps: timed rounds per comparison (default TIMING_REPS on a GPU); timing_budget_s: the
+    rounds stop early (in complete pairs, at least 2) once the timing has taken this long.
+    partial_file: each set's result is appended there (JSON lines) as soon as it is measured; if
+    the job then dies, those results are reported instead of nothing. retry_sets_alone=False: a
+    job that dies is not re-run set by set (each rerun loads the model again).
     tp > 1: the model tensor-parallel over that many processes (fastkernels.bench.tp)."""
     from fastkernels.models.catalog import resolve
     from fastkernels.registry.tasks import check_level
@@ -250,14 +351,19 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
         sets[set_name], names[set_name] = codes, keys
     base_payload = {"model": entry.model_id, "tiny": tiny, "level": lvl, "prompt_len": prompt_len,
                     "new_tokens": new_tokens, "batch": batch, "device": device, "dtype": dtype or "bfloat16",
-                    "seed": seed, "compile_baseline": compile_baseline, "tp": tp}
+                    "seed": seed, "compile_baseline": compile_baseline, "tp": tp, "timing_reps": timing_reps,
+                    "timing_budget_s": timing_budget_s}
     timeout = timeout or (600.0 if tiny else 1800.0)
     start = time.monotonic()
-    job = _job("fastkernels.bench.e2e:_e2e_job", {**base_payload, "sets": sets}, timeout,
+    job = _job("fastkernels.bench.e2e:_e2e_job",
+               {**base_payload, "sets": sets, "partial_file": str(partial_file) if partial_file else None}, timeout,
                f"end-to-end run of {entry.display_name}", sink)
     results: dict[str, dict] = {}
+    partial = _read_partial(partial_file) if partial_file and not job.ok else {}
     if job.ok:
         results = job.value["sets"]
+    elif partial or not retry_sets_alone:  # what it measured before it died, the rest failed with it
+        results = {name: partial.get(name) or {"error": job.error} for name in sets}
     elif len(sets) > 1:  # which set broke it: run each on its own
         for set_name, codes in sets.items():
             one = _job("fastkernels.bench.e2e:_e2e_job", {**base_payload, "sets": {set_name: codes}}, timeout,
@@ -340,7 +446,11 @@ def _judge(r: E2EReport) -> None:
         reasons.append("no model-level measurement")
     r.passed = not reasons
     if r.passed:
-        speed = f", decode speedup {r.speedup_decode:.2f}x" if r.speedup_decode and "cuda" in r.device else ""
+        speed = ""
+        if r.speedup_decode and "cuda" in r.device:
+            speed = f", decode speedup {r.speedup_decode:.2f}x"
+            if r.speedup_decode_min is not None and r.speedup_decode_max is not None:
+                speed += f" ({r.speedup_decode_min:.2f}-{r.speedup_decode_max:.2f} over the rounds)"
         r.verdict = (f"pass: shadow check clean, logit error {r.logit_rel_error:.3g} vs noise floor "
                      f"{r.logit_rel_error_noise:.3g}, token match {r.token_match:.0%}{speed}")
     else:
@@ -375,7 +485,7 @@ def _cache_kw(model) -> str:
 
 
 def greedy(model, prompt, new_tokens: int):
-    """Greedy generation with HF's dynamic cache: (tokens [B, T], Timing, all_finite)."""
+    """Greedy generation with HF's dynamic cache: (tokens [B, T], Timing of this one run, all_finite)."""
     import torch
     from transformers.cache_utils import DynamicCache
 
@@ -402,26 +512,57 @@ def greedy(model, prompt, new_tokens: int):
         _sync(device)
         t2 = time.perf_counter()
     steps = new_tokens - 1
-    timing = Timing(prefill_ms=_prefill_ms(model, prompt, kw, first=(t1 - t0) * 1e3),
-                    decode_tok_s=prompt.shape[0] * steps / max(t2 - t1, 1e-9))
+    timing = Timing(prefill_ms=(t1 - t0) * 1e3, decode_tok_s=prompt.shape[0] * steps / max(t2 - t1, 1e-9), reps=1)
     return torch.cat(tokens, dim=1), timing, bool(finite)
 
 
-def _prefill_ms(model, prompt, kw: str, first: float, repeat: int = 2) -> float:
-    """Median of the generation's prefill and `repeat` more (a single prefill is noisy)."""
-    import torch
-    from transformers.cache_utils import DynamicCache
+# Timed runs per subject and candidate set; each is preceded by its own short warm-up generation
+# (allocator, cuBLAS handles, Triton's first launch and autotuning stay out of the numbers).
+TIMING_REPS = 4
+WARMUP_TOKENS = 4
+# The attention a user's model runs by default (transformers picks SDPA when nothing is asked
+# for); the timed runs use it, the correctness runs keep the loaded model's eager attention.
+TIMING_ATTENTION = "sdpa"
 
-    times = [first]
-    with torch.no_grad():
-        for _ in range(repeat):
-            cache = DynamicCache(config=model.config)
-            _sync(prompt.device)
-            t0 = time.perf_counter()
-            model(prompt, use_cache=True, logits_to_keep=1, **{kw: cache})
-            _sync(prompt.device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
+
+@contextlib.contextmanager
+def attention_implementation(model, name: str | None):
+    """Run the model with attention implementation `name` inside the block (None: as loaded)."""
+    config = model.config
+    before = getattr(config, "_attn_implementation", None)
+    if not name or name == before:
+        yield before
+        return
+    setter = getattr(model, "set_attn_implementation", None)
+    try:
+        if setter is not None:
+            setter(name)
+        else:
+            config._attn_implementation = name
+    except Exception:  # noqa: BLE001 - a model without it times what it has
+        yield before
+        return
+    try:
+        yield getattr(config, "_attn_implementation", name)
+    finally:
+        if setter is not None:
+            setter(before)
+        else:
+            config._attn_implementation = before
+
+
+def timed_generation(model, prompt, new_tokens: int) -> tuple[float, float]:
+    """A short warm-up generation, then one timed greedy generation with Python's garbage collector
+    held off: (prefill ms, decode tok/s)."""
+    greedy(model, prompt, max(2, min(WARMUP_TOKENS, new_tokens)))
+    was = gc.isenabled()  # no gc.collect() first: a full collection costs 0.2 s with torch loaded
+    gc.disable()
+    try:
+        _, t, _ = greedy(model, prompt, new_tokens)
+    finally:
+        if was:
+            gc.enable()
+    return t.prefill_ms, t.decode_tok_s
 
 
 def teacher_forced(model, seq):
@@ -452,23 +593,27 @@ def _params_to(model, dtype) -> None:
         p.data = p.data.to(dtype)
 
 
-def _compiled_timing(model, prompt, new_tokens: int) -> Timing:
-    """HF generate with a static cache (on a GPU it compiles the decoding forward): the second
-    call is timed, prefill included."""
+def _compiled_timing(model, prompt, new_tokens: int, reps: int, attention: str | None) -> Timing:
+    """HF generate with a static cache (on a GPU it compiles the decoding forward), with the
+    timing attention: compiled by a first call, then `reps` timed calls, prefill included."""
     import torch
 
     device = prompt.device
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   cache_implementation="static", pad_token_id=0)
-    with torch.no_grad():
+    runs = []
+    with torch.no_grad(), attention_implementation(model, attention) as used:
         model.generate(prompt, **kwargs)  # compiles
-        _sync(device)
-        t0 = time.perf_counter()
-        model.generate(prompt, **kwargs)
-        _sync(device)
-        seconds = time.perf_counter() - t0
-    return Timing(decode_tok_s=prompt.shape[0] * new_tokens / seconds,
-                  note="HF generate, static cache, torch.compile'd forward; tok/s include the prefill")
+        model.generate(prompt, **kwargs)  # warm
+        for _ in range(reps):
+            _sync(device)
+            t0 = time.perf_counter()
+            model.generate(prompt, **kwargs)
+            _sync(device)
+            runs.append((None, prompt.shape[0] * new_tokens / (time.perf_counter() - t0)))
+    tok = [t for _, t in runs]
+    return Timing(decode_tok_s=_median(tok), decode_tok_s_min=min(tok), decode_tok_s_max=max(tok), reps=len(tok),
+                  attention=used or "", note="HF generate, static cache, torch.compile'd forward; tok/s include the prefill")
 
 
 def _setup(payload: dict):
@@ -499,7 +644,7 @@ def _e2e_job(payload: dict) -> dict:
 
     progress = _Progress(payload.get("progress_file"))
     sets: dict[str, dict] = payload["sets"]
-    total = 3 + len(sets) * 3 + 1
+    total = 4 + len(sets) * 4 + 1
     step = 0
 
     def tick(stage, detail=""):
@@ -518,7 +663,7 @@ def _e2e_job(payload: dict) -> dict:
 
     tick("baseline", "baseline: greedy generation and teacher-forced logits")
     greedy(model, prompt, 2)  # warm-up: allocator, kernels' first launch
-    base_tokens, base_timing, base_finite = greedy(model, prompt, new_tokens)
+    base_tokens, _, base_finite = greedy(model, prompt, new_tokens)
     seq = torch.cat([prompt, base_tokens], dim=1)
     base_logits = teacher_forced(model, seq)
     if not base_finite or not bool(torch.isfinite(base_logits).all()):
@@ -535,18 +680,60 @@ def _e2e_job(payload: dict) -> dict:
     noise_match = _token_match(fp32_tokens, base_tokens)
     del fp32_logits
 
+    # Timing: every figure is the median of several timed generations, each after its own warm-up,
+    # and the baseline is timed in the same rounds as what it is compared with (AB, BA, ...).
+    reps = int(payload.get("timing_reps") or (TIMING_REPS if device.type == "cuda" else 2))
+    attention = payload.get("timing_attention", TIMING_ATTENTION)
+    budget = payload.get("timing_budget_s")
+    # Under --tp every rank runs this same schedule in lockstep: no clock-dependent decisions there.
+    timing_end = time.monotonic() + budget if budget and int(payload.get("tp", 1)) == 1 else None
+    brackets_left = [1 + len(sets)]
+
+    def share() -> float | None:
+        """This bracket's deadline: an equal share of what is left of the timing budget."""
+        if timing_end is None:
+            return None
+        left = max(brackets_left[0], 1)
+        brackets_left[0] -= 1
+        return time.monotonic() + max(timing_end - time.monotonic(), 0.0) / left
+
+    def run_baseline():
+        with attention_implementation(model, attention):
+            return timed_generation(model, prompt, new_tokens)
+
+    def run_eager_attention():
+        with attention_implementation(model, "eager"):
+            return timed_generation(model, prompt, new_tokens)
+
+    with attention_implementation(model, attention) as used:
+        used_attention = used or ""
+    base_runs: list[tuple[float, float]] = []
+    timings_base = {}
+    reference = payload.get("timing_reference")
+    if reference is None:
+        reference = device.type == "cuda"  # on a CPU the figures mean nothing: fewer runs
+    if used_attention != "eager" and reference:
+        tick("baseline timing", f"HF model: {used_attention} attention beside eager attention")
+        runs = bracketed({"baseline": run_baseline, "eager_attention": run_eager_attention}, max(2, reps // 2),
+                         deadline=share())
+        base_runs += runs["baseline"]
+        timings_base["baseline_eager_attention"] = asdict(Timing.of(
+            runs["eager_attention"], "HF model as loaded for the correctness checks (eager attention)", "eager"))
+    else:
+        tick("baseline timing", f"HF model ({used_attention} attention)")
+
     common = {"weights": loaded.weights, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
               "prompt_len": payload["prompt_len"], "new_tokens": new_tokens, "batch": payload["batch"],
               "seed": payload["seed"], "token_match_noise": noise_match, "top1_agreement_noise": noise_top1,
               "logit_rel_error_noise": noise_err}
-    timings_base = {"baseline_eager": asdict(base_timing)}
     results = {}
     for name, codes in sets.items():
         result = {**common, "notes": list(notes), "timings": dict(timings_base)}
         results[name] = result
         tick("patch", f"{name}: binding {len(codes)} kernel(s)")
         try:
-            _measure_set(model, name, codes, payload, prompt, seq, base_tokens, base_logits, base_timing, result, tick)
+            _measure_set(model, name, codes, payload, prompt, seq, base_tokens, base_logits, result, tick,
+                         run_baseline, reps, attention, used_attention, base_runs, share)
         except Exception as exc:  # noqa: BLE001 - what a candidate raises is this set's result
             text = f"{type(exc).__name__}: {exc}".strip()
             if any(m in text for m in ("CUDA error", "illegal memory access", "device-side assert")):
@@ -556,6 +743,18 @@ def _e2e_job(payload: dict) -> dict:
             result["error"] = text.splitlines()[0][:500]
             result["notes"].append("traceback (last lines): " + " | ".join(
                 ln.strip() for ln in traceback.format_exc().strip().splitlines()[-6:]))
+        if payload.get("partial_file") and int(payload.get("tp_rank", 0)) == 0:
+            snapshot = {**result, "timings": {**result["timings"], "baseline_eager": asdict(Timing.of(
+                base_runs, "HF model, not compiled: the runs so far", used_attention))}}
+            with open(payload["partial_file"], "a") as fh:
+                fh.write(json.dumps({"set": name, "result": snapshot}) + "\n")
+    if not base_runs:  # every set failed before its timing: the baseline alone
+        base_runs = bracketed({"baseline": run_baseline}, reps)["baseline"]
+    # The baseline figure: all its timed runs, from every round it was part of.
+    baseline_eager = asdict(Timing.of(base_runs, f"HF model, not compiled, {used_attention} attention "
+                                      f"(median of {len(base_runs)} timed runs bracketing the others)", used_attention))
+    for result in results.values():
+        result["timings"]["baseline_eager"] = baseline_eager
 
     compile_baseline = payload.get("compile_baseline")
     if compile_baseline is None:
@@ -563,7 +762,7 @@ def _e2e_job(payload: dict) -> dict:
     tick("compiled baseline", "HF generate with a static cache (torch.compile)" if compile_baseline else "skipped")
     if compile_baseline:
         try:
-            compiled = asdict(_compiled_timing(model, prompt, new_tokens))
+            compiled = asdict(_compiled_timing(model, prompt, new_tokens, reps, attention))
         except Exception as exc:  # noqa: BLE001 - a baseline that cannot compile is a note, not a failure
             compiled = asdict(Timing(note=f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
         for result in results.values():
@@ -571,8 +770,10 @@ def _e2e_job(payload: dict) -> dict:
     return {"sets": results}
 
 
-def _measure_set(model, name, codes, payload, prompt, seq, base_tokens, base_logits, base_timing, result, tick):
-    """Patch one candidate set, shadow-check it, measure it, unpatch; fills `result`."""
+def _measure_set(model, name, codes, payload, prompt, seq, base_tokens, base_logits, result, tick,
+                 run_baseline, reps, attention, used_attention, base_runs, share):
+    """Patch one candidate set, shadow-check it, measure it, unpatch; then time it against the
+    baseline in bracketed rounds; fills `result`."""
     import torch
     from transformers.cache_utils import DynamicCache
 
@@ -597,19 +798,31 @@ def _measure_set(model, name, codes, payload, prompt, seq, base_tokens, base_log
 
         tick("patched", f"{name}: greedy generation and teacher-forced logits")
         greedy(model, prompt, 2)  # warm-up: Triton compiles each kernel at its first launch
-        tokens, timing, finite = greedy(model, prompt, payload["new_tokens"])
+        tokens, _, finite = greedy(model, prompt, payload["new_tokens"])
         logits = teacher_forced(model, seq)
         finite = finite and bool(torch.isfinite(logits).all())
         top1, err = compare_logits(logits, base_logits)
         result.update(token_match=_token_match(tokens, base_tokens), top1_agreement=top1,
                       logit_rel_error=err, has_nan=not finite)
-        result["timings"]["patched"] = asdict(timing)
-        if timing.decode_tok_s and base_timing.decode_tok_s:
-            result["speedup_decode"] = timing.decode_tok_s / base_timing.decode_tok_s
-        if timing.prefill_ms and base_timing.prefill_ms:
-            result["speedup_prefill"] = base_timing.prefill_ms / timing.prefill_ms
     finally:
         handle.unpatch()
+
+    def run_patched():
+        # Bound without the shadow check's baselines, as a user binds kernels.
+        timed = patch(model, codes, payload["level"], only=payload.get("only"))
+        try:
+            with attention_implementation(model, attention):
+                return timed_generation(model, prompt, payload["new_tokens"])
+        finally:
+            timed.unpatch()
+
+    tick("timing", f"{name}: {reps} rounds of baseline and patched, alternating who goes first")
+    runs = bracketed({"baseline": run_baseline, "patched": run_patched}, reps, deadline=share())
+    base_runs += runs["baseline"]
+    result["timings"]["patched"] = asdict(Timing.of(runs["patched"], "patched model, not compiled", used_attention))
+    result["timings"]["baseline_this_set"] = asdict(Timing.of(
+        runs["baseline"], "the baseline's runs in the rounds with this set (what the speedup divides by)", used_attention))
+    result.update(pair_ratios(runs["baseline"], runs["patched"]))
 
 
 def _probe_job(payload: dict) -> dict:
@@ -651,6 +864,14 @@ def _num(x, fmt=".3g") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _spread(mid, lo, hi, fmt=".1f") -> str:
+    if mid is None:
+        return "-"
+    if lo is None or hi is None:
+        return format(mid, fmt)
+    return f"{format(mid, fmt)} [{format(lo, fmt)} - {format(hi, fmt)}]"
+
+
 def report_renderables(r: E2EReport) -> list:
     """Rich tables of a report: shadow check per operator, model-level figures beside the noise
     floor, timings, blame and the verdict."""
@@ -680,17 +901,20 @@ def report_renderables(r: E2EReport) -> list:
     t.add_row("NaN/Inf in logits", "yes" if r.has_nan else "no", "")
     out.append(t)
     if r.timings:
-        t = Table(title="timing")
-        for col in ("model", "prefill ms", "decode tok/s", "note"):
+        t = Table(title="timing (medians of timed runs, each after a warm-up; [min - max] beside)")
+        for col in ("model", "attention", "runs", "prefill ms", "decode tok/s", "note"):
             t.add_column(col)
-        for name in ("baseline_eager", "baseline_compiled", "patched"):
+        for name in ("baseline_eager", "baseline_eager_attention", "baseline_this_set", "baseline_compiled", "patched"):
             tm = r.timings.get(name)
             if tm:
-                t.add_row(name.replace("_", " "), _num(tm.get("prefill_ms"), ".1f"), _num(tm.get("decode_tok_s"), ".1f"),
+                t.add_row(name.replace("_", " "), tm.get("attention", ""), str(tm.get("reps", "")),
+                          _spread(tm.get("prefill_ms"), tm.get("prefill_ms_min"), tm.get("prefill_ms_max")),
+                          _spread(tm.get("decode_tok_s"), tm.get("decode_tok_s_min"), tm.get("decode_tok_s_max")),
                           tm.get("note", ""))
         out.append(t)
-        out.append(Text(f"speedup vs eager baseline: decode {_num(r.speedup_decode, '.2f')}x, "
-                        f"prefill {_num(r.speedup_prefill, '.2f')}x"))
+        out.append(Text(f"speedup vs eager baseline (same rounds, alternating who goes first): decode "
+                        f"{_spread(r.speedup_decode, r.speedup_decode_min, r.speedup_decode_max, '.2f')}x, prefill "
+                        f"{_spread(r.speedup_prefill, r.speedup_prefill_min, r.speedup_prefill_max, '.2f')}x"))
     for op, why in r.blamed.items():
         out.append(Text(f"blamed {op}: {why}", style="red"))
     if r.error:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from fastkernels.bench.e2e import E2EReport, _e2e_job, _judge, run_benchmark
+from fastkernels.bench.e2e import (E2EReport, _e2e_job, _judge, bracketed, pair_ratios, run_benchmark,
+                                   run_benchmarks)
 from fastkernels.cli import main
 from fastkernels.events import E2EProgress, E2EResult, KernelBlamed, Recorder
 from fastkernels.registry.tasks import baseline_dir, load_task, task_names
@@ -20,10 +21,10 @@ def baseline_codes(family, level=1):
             for op in task_names(level) if family in load_task(level, op).FAMILIES}
 
 
-def measure(family, sets, new_tokens=4):
+def measure(family, sets, new_tokens=4, **extra):
     """The child's measurement, run in this process (the candidates here are our own files)."""
     payload = {"model": MODELS[family], "tiny": True, "level": 1, "prompt_len": 6, "new_tokens": new_tokens,
-               "batch": 1, "device": "cpu", "dtype": "bfloat16", "seed": 0, "compile_baseline": False}
+               "batch": 1, "device": "cpu", "dtype": "bfloat16", "seed": 0, "compile_baseline": False, **extra}
     out = _e2e_job({**payload, "sets": sets})["sets"]
     reports = {}
     for name, data in out.items():
@@ -42,6 +43,31 @@ def test_baseline_as_candidate_passes_with_full_token_match(family):
     assert {op["op"] for op in r.shadow["ops"]} == set(baseline_codes(family))
     assert all(op["calls"] > 0 for op in r.shadow["ops"])
     assert r.weights.startswith("seeded random weights") and r.timings["baseline_eager"]["decode_tok_s"] > 0
+    # every timing is a median of several warmed-up runs with its spread; the baseline is timed in
+    # the same rounds as the patched model, with the attention a user's model runs by default
+    t = r.timings
+    assert t["patched"]["reps"] == t["baseline_this_set"]["reps"] == t["baseline_eager"]["reps"] == 2
+    assert t["patched"]["attention"] == t["baseline_eager"]["attention"] == "sdpa"
+    assert r.speedup_decode_min <= r.speedup_decode <= r.speedup_decode_max
+
+
+def test_timings_are_medians_of_bracketed_runs_with_their_spread():
+    sets = {"one": baseline_codes("llama"), "two": {"L1/rms_norm": baseline_codes("llama")["L1/rms_norm"]}}
+    reports = measure("llama", sets, timing_reps=3, timing_reference=True)
+    t = reports["one"].timings
+    assert t["patched"]["reps"] == t["baseline_this_set"]["reps"] == 3
+    # the baseline figure pools its runs from every round it was in: the reference pair and both sets
+    assert t["baseline_eager"]["reps"] == 2 + 3 + 3 and t["baseline_eager"] == reports["two"].timings["baseline_eager"]
+    for name in ("patched", "baseline_this_set", "baseline_eager", "baseline_eager_attention"):
+        tm = t[name]
+        assert tm["decode_tok_s_min"] <= tm["decode_tok_s"] <= tm["decode_tok_s_max"]
+        assert tm["prefill_ms_min"] <= tm["prefill_ms"] <= tm["prefill_ms_max"]
+    # timed with the attention a user's model runs; the eager attention the checks use, beside it
+    assert t["patched"]["attention"] == t["baseline_eager"]["attention"] == "sdpa"
+    assert t["baseline_eager_attention"]["attention"] == "eager" and t["baseline_eager_attention"]["reps"] == 2
+    for r in reports.values():
+        assert r.speedup_decode_min <= r.speedup_decode <= r.speedup_decode_max
+        assert r.token_match == 1.0  # the correctness runs are untouched by the timing attention
 
 
 def test_planted_bugs_fail_and_the_report_names_op_and_layer():
@@ -109,3 +135,63 @@ def test_a_kernel_that_kills_the_process_is_blamed_after_a_clean_control_run():
     assert list(r.blamed) == ["silu_and_mul"] and "status 139" in r.blamed["silu_and_mul"]
     details = [e.detail for e in rec.of(E2EProgress) if e.stage == "blame"]
     assert "does the baseline alone run?" in details  # the crash is not the model's own
+
+
+class DriftingMachine:
+    """A fake GPU box for the e2e schedule: the first generation ever pays a cold start (3x slow),
+    and every generation after runs 1% slower than the one before (clocks, temperature)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.clock = 0.0
+
+    def generate(self):
+        self.calls += 1
+        slow = (3.0 if self.calls == 1 else 1.0) * (1 + 0.01 * self.calls)
+        self.clock += slow
+        return 10.0 * slow, 100.0 / slow  # (prefill ms, decode tok/s)
+
+    def measurement(self):  # what timed_generation does: a warm-up, then the timed run
+        self.generate()
+        return self.generate()
+
+
+def test_a_model_against_itself_reads_1x_when_bracketed_with_warm_ups():
+    m = DriftingMachine()
+    runs = bracketed({"baseline": m.measurement, "patched": m.measurement}, 4)
+    r = pair_ratios(runs["baseline"], runs["patched"])
+    assert r["speedup_decode_min"] <= r["speedup_decode"] <= r["speedup_decode_max"]
+    assert r["speedup_decode"] == pytest.approx(1.0, abs=0.005) and r["speedup_prefill"] == pytest.approx(1.0, abs=0.005)
+    # the old stopwatch: one cold baseline run, then the patched one (same code): a "speedup"
+    cold = DriftingMachine()
+    base, patched = cold.generate(), cold.generate()
+    assert patched[1] / base[1] > 2.5
+
+
+def test_bracketed_order_alternates_and_a_deadline_keeps_pairs_of_rounds():
+    order = []
+    subjects = {n: (lambda n=n: order.append(n) or n) for n in ("a", "b")}
+    assert bracketed(subjects, 4) == {"a": ["a"] * 4, "b": ["b"] * 4}
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    now = [0.0]
+
+    def tick(n):
+        order.append(n)
+        now[0] += 1.0
+
+    order.clear()
+    subjects = {n: (lambda n=n: tick(n)) for n in ("a", "b")}
+    out = bracketed(subjects, 10, deadline=3.0, clock=lambda: now[0])
+    assert order == ["a", "b", "b", "a"] and len(out["a"]) == len(out["b"]) == 2
+
+
+def test_sets_measured_before_the_job_died_are_reported_from_the_partial_file(tmp_path):
+    partial = tmp_path / "partial.jsonl"
+    sets = {"good": {"rms_norm": str(baseline_dir(1) / "rms_norm.py")},
+            "dies": {"silu_and_mul": planted.SILU_CRASHES_ON_ONE_ROW}}
+    got = run_benchmarks(MODELS["llama"], 1, sets, tiny=True, new_tokens=2, timeout=300, blame=False,
+                         partial_file=partial, retry_sets_alone=False)
+    assert got["good"].passed and got["good"].token_match == 1.0, got["good"].verdict
+    assert got["good"].timings["patched"]["reps"] == 2
+    assert not got["dies"].passed and "exited with status 139" in got["dies"].error
+    assert [json.loads(line)["set"] for line in partial.read_text().splitlines()] == ["good"]
