@@ -97,7 +97,8 @@ def stage_agent(args, stage: str) -> dict:
     summary = agent.run()
     seconds = time.time() - start
     builds = read_build_log(since=start)
-    return {"stage": stage, "command": f"fastkernels agent --model {args.model} --level 1 --cuda-only --llm-model library",
+    return {"stage": stage, "argv": sys.argv[1:],
+            "command": f"fastkernels agent --model {args.model} --level 1 --cuda-only --llm-model library",
             "seconds": round(seconds, 1), "summary": summary, "builds": _build_summary(builds), "build_log": builds}
 
 
@@ -119,7 +120,7 @@ def stage_unit(args) -> dict:
             _say(f"  {'passed' if report.passed else 'FAILED: ' + report.failure_message()[:300]} ({report.seconds:.0f} s)")
             entry[flavour] = report.to_dict()
         rows[op] = entry
-    return {"stage": "unit", "model": args.model, "seconds": round(time.time() - start, 1), "ops": rows,
+    return {"stage": "unit", "argv": sys.argv[1:], "model": args.model, "seconds": round(time.time() - start, 1), "ops": rows,
             "builds": _build_summary(read_build_log(since=start))}
 
 
@@ -195,8 +196,9 @@ def write_report(out: Path, args) -> None:
     results = {s: json.loads((out / f"{s}.json").read_text()) for s in STAGES if (out / f"{s}.json").is_file()}
     env = json.loads((out / "env.json").read_text()) if (out / "env.json").is_file() else _environment()
     md = ["# --cuda-only: raw CUDA library kernels on the GPU", "",
-          f"`python benchmarks/cuda_library.py {' '.join(sys.argv[1:])}` · {env['gpu']} · torch {env['torch']} "
-          f"(CUDA {env['torch_cuda']}) · nvcc {env['nvcc']} · build cache {env['cache']}", ""]
+          f"{env['gpu']} · torch {env['torch']} (CUDA {env['torch_cuda']}) · nvcc {env['nvcc']} · build cache "
+          f"{env['cache']}. Produced by:", ""]
+    md += [f"    python benchmarks/cuda_library.py {' '.join(r.get('argv', []))}   # {s}" for s, r in results.items()] + [""]
     for stage in ("agent1", "agent2"):
         if stage in results:
             md += _agent_md(results[stage]) + [""]
