@@ -61,6 +61,15 @@ class OpView:
     def add(self, piece: str) -> None:
         self.text.append(piece)
 
+    def drop_tail(self, chars: int) -> None:
+        """Forget the last `chars` characters of the stream (a reply that restarted)."""
+        while chars > 0 and self.text:
+            last = self.text.pop()
+            if len(last) > chars:
+                self.text.append(last[: len(last) - chars])
+                break
+            chars -= len(last)
+
     def stream_text(self) -> str:
         return "".join(self.text)
 
@@ -108,6 +117,10 @@ def apply_event(view: OpView, event: ev.Event, now: float) -> str | None:
     if isinstance(event, ev.ValidationFailed):
         view.status, view.last_error = "invalid", event.error
         return f"✗ {event.stage} failed (attempt {event.attempt}): {event.error}\n"
+    if isinstance(event, ev.StreamReset):
+        view.drop_tail(event.discarded_chars)
+        view.chars = view.tokens = 0
+        return f"\n↺ reply restarted ({event.reason}); streaming it again\n"
     if isinstance(event, ev.RetryScheduled):
         return f"↻ retry: attempt {event.attempt} ({event.reason})\n"
     if isinstance(event, ev.UnitResult):

@@ -182,6 +182,13 @@ class Agent:
             self._ceilings = _cached_ceilings()
         return self._ceilings
 
+    def _on_text(self, op: str, attempt: int, text: str) -> None:
+        if self.cancelled:  # stops a stream in flight (the backend re-raises it unchanged)
+            from fastkernels.agent.llm import GenerationCancelled
+
+            raise GenerationCancelled(f"{op}: run cancelled")
+        self.emit(ev.TextDelta(op=op, attempt=attempt, text=text))
+
     def cancel(self) -> None:
         self._cancelled.set()
 
@@ -332,7 +339,7 @@ class Agent:
             attempt = state.attempt
             try:
                 completion = self.backend.generate(
-                    prompt, lambda text: self.emit(ev.TextDelta(op=op, attempt=attempt, text=text)),
+                    prompt, lambda text: self._on_text(op, attempt, text),
                     op=spec, attempt=attempt,
                     on_retry=lambda n: self.emit(ev.StreamReset(op=op, attempt=attempt, reason=n.reason,
                                                                 discarded_chars=n.discarded_chars)),

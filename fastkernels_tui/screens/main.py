@@ -150,7 +150,9 @@ class MainScreen(Screen):
             sync_from_state(view, state)
             if line:
                 view.add(line)
-                if op == self.selected:
+                if op == self.selected and isinstance(event, ev.StreamReset):
+                    self.stream.show(view)  # the discarded text must leave the screen too
+                elif op == self.selected:
                     self.stream.append(line)
             self.tree.update_op(view)
             if op == self.selected:

@@ -239,3 +239,20 @@ def test_kernel_blamed_end_to_end_is_regenerated(tmp_path):
     assert [r.passed for r in results] == [False, True]
     assert summary["passing"] == 1 and summary["e2e"]["passed"]
     assert (tmp_path / "out" / "L1" / "rms_norm.py").read_text() == good
+
+
+def test_cancel_stops_a_stream_in_flight(tmp_path):
+    import threading
+
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm"], skip_unit_tests=True, e2e=False,
+                              out_dir=tmp_path / "out"), backend=SlowBackend(20.0))
+    agent.discover()
+    worker = threading.Thread(target=agent.generate_op, args=("rms_norm",))
+    t0 = time.time()
+    worker.start()
+    time.sleep(0.5)
+    agent.cancel()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and time.time() - t0 < 8, "cancel must stop the 20 s stream"
+    state = agent.states["rms_norm"]
+    assert state.attempt == 1 and "cancelled" in (state.last_error or "")
