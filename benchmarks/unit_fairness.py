@@ -124,8 +124,9 @@ def markdown(result: dict) -> str:
         for k in ("cold", "warm"):
             if k in g:
                 w = g[k]
-                md.append(f"- Gate wall time, {k} (validate {w['validate_s']:.1f} s + unit {w['unit_s']:.1f} s, "
-                          f"{g['candidate']}): {w['total_s']:.1f} s, passed={w['passed']}")
+                phases = ", ".join(f"{p} {x:.1f} s" for p, x in (w.get("unit_phases_s") or {}).items())
+                md.append(f"- Gate wall time, {k} (validate {w['validate_s']:.1f} s + unit {w['unit_s']:.1f} s "
+                          f"[{phases}], {g['candidate']}): {w['total_s']:.1f} s, passed={w['passed']}")
     if "child_start_s" in result:
         cs = result["child_start_s"]
         md.append(f"- Sandbox child start: {cs['bare']:.2f} s bare, {cs['importing_torch']:.2f} s including `import torch`.")
@@ -230,9 +231,12 @@ def main() -> int:
             v = validate_kernel(code, rms.class_name, spec=rms)
             rep = run_unit(rms, code, compile_baseline=not args.no_compile)
             gate[which] = {"validate_s": v.seconds, "unit_s": rep.seconds, "total_s": time.time() - t0,
-                           "passed": v.ok and rep.passed, "error": v.error or rep.failure_message()}
+                           "unit_phases_s": rep.phase_seconds, "passed": v.ok and rep.passed,
+                           "error": v.error or rep.failure_message()}
             print(f"gate wall time ({which}, validate + unit, {rms.key}): {gate[which]['total_s']:.1f} s "
-                  f"(validate {v.seconds:.1f} s, unit {rep.seconds:.1f} s), passed={gate[which]['passed']}", flush=True)
+                  f"(validate {v.seconds:.1f} s, unit {rep.seconds:.1f} s: "
+                  f"{', '.join(f'{k} {x:.1f} s' for k, x in rep.phase_seconds.items())}), "
+                  f"passed={gate[which]['passed']}", flush=True)
             result["gate_wall_time"] = gate
             if which == "warm":
                 result["rows"] += shape_rows(rep, "honest Triton RMSNorm")

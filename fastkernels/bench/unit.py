@@ -112,6 +112,9 @@ class UnitReport:
     timing_note: str = ""
     ceilings: dict | None = None
     seconds: float = 0.0
+    # Where the child's time went (s): import_torch, import_candidate, checks (profiler + correctness),
+    # timing (compile included); with `seconds` (the whole job) the rest is the interpreter's start.
+    phase_seconds: dict = field(default_factory=dict)
 
     @property
     def best_speedup(self) -> float | None:
@@ -836,6 +839,7 @@ def _unit_many_job(payload: dict) -> dict:
 def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
     import os
 
+    t0 = time.perf_counter()
     import torch
 
     from fastkernels.bench import timing as timing_mod  # captures the timer functions first
@@ -851,8 +855,13 @@ def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
     path = os.path.join(os.getcwd(), filename)
     with open(path, "w") as fh:
         fh.write(payload["code"])
+    phases = {"import_torch": time.perf_counter() - t0}
+    t0 = time.perf_counter()
     with cached_builds():  # a raw CUDA kernel's load_inline: content-cached, built for this GPU
         module = load_module(path, name=module_name)
+    phases["import_candidate"] = time.perf_counter() - t0
+    report.phase_seconds = phases
+    t0 = time.perf_counter()
     cls = getattr(module, spec.class_name, None)
     if not isinstance(cls, type):
         report.error = f"{payload['label']}: the file defines no class {spec.class_name!r}"
@@ -875,6 +884,8 @@ def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
                                   reason=str(rej), bound=spec.bound)
             report.shapes.append(res)
     report.passed = all(s.passed for s in report.shapes) and bool(report.shapes)
+    phases["checks"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if not gpu:
         report.timing_note = CPU_TIMING_NOTE
     elif not payload["timing"]:
@@ -904,4 +915,5 @@ def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
         if replaced:
             report.error = f"{payload['label']}: timing functions were replaced while it ran ({', '.join(replaced)})"
         report.passed = all(s.passed for s in report.shapes) and not replaced
+        phases["timing"] = time.perf_counter() - t0
     return report.to_dict()
