@@ -291,3 +291,53 @@ def test_trim_keeps_gcc_errors_with_their_context_and_drops_command_lines(tmp_pa
     assert "cpp_sources line 2: error: 'missing_name' was not declared in this scope" in trimmed, trimmed
     assert "return missing_name + 1;" in trimmed  # the source line the compiler printed
     assert "FAILED" not in trimmed and "-MMD" not in trimmed and "ninja" not in trimmed
+
+
+# ---- on a GPU: the library's CUDA kernels pass the agent's gate ---------------------------------
+
+
+def _needs_gpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: raw CUDA kernels build and run there only")
+
+
+# Every registry width: Llama-3.1-8B at tiny shapes (every op), then full shapes of Llama-3.1-8B
+# (hidden 4096, head_dim 128, decode = 1 token), Qwen2.5-7B (hidden 3584, 7-way GQA), Llama-3.2-1B
+# (hidden 2048, head_dim 64) and Qwen3-8B (the 128-wide per-head q/k norm).
+GPU_CASES = ([("meta-llama/Llama-3.1-8B-Instruct", op, True) for op in CUDA_OPS]
+             + [(m, op, False) for m in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct",
+                                          "meta-llama/Llama-3.2-1B-Instruct")
+                for op in ("rms_norm", "add_rms_norm", "silu_and_mul", "rotary_embedding")]
+             + [("Qwen/Qwen3-8B", "rms_norm", False)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model,op,tiny", GPU_CASES)
+def test_library_cuda_kernel_passes_validation_and_the_cuda_only_unit_check_on_the_gpu(model, op, tiny):
+    from fastkernels.agent.validate import validate_kernel
+    from fastkernels.bench.unit import run_unit
+
+    _needs_gpu()
+    code = _cuda_file(op).read_text()
+    spec = build_spec(1, op, model, tiny=tiny)
+    result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=True)
+    assert result.ok, result.error
+    # Correctness in every shape and dtype, its own kernel seen by the profiler, no framework compute.
+    report = run_unit(spec, code, seeds=2, timing=False, cuda_only=True)
+    assert report.passed, report.failure_message()
+
+
+@pytest.mark.gpu
+def test_a_broken_candidate_gets_the_trimmed_build_error_from_validation_on_the_gpu():
+    from fastkernels.agent.validate import validate_kernel
+
+    _needs_gpu()
+    code = _cuda_file("silu_and_mul").read_text().replace("const float x = to_float(g.v[j]);",
+                                                          "const float x = to_float(g.v[j]) + not_declared;")
+    result = validate_kernel(code, "SiluAndMul", cuda_only=True)
+    line = next(i for i, ln in enumerate(code.splitlines(), 1) if "not_declared" in ln)
+    assert not result.ok and result.stage == "import"
+    assert f"line {line} of candidate_SiluAndMul.py" in result.error and "not_declared" in result.error, result.error
+    assert "ninja" not in result.error and len(result.error.splitlines()) <= 8, result.error
