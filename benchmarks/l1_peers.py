@@ -8,12 +8,25 @@ Qwen3-30B-A3B) shapes of the registry, this times:
   liger    Liger-Kernel's op, where it has one and `liger_kernel` is installed
   sdpa     attention only: F.scaled_dot_product_attention, default backend and flash forced
   ours     tasks/library/L1/<op>.py
-Ours is checked against eager first (the unit benchmark's tolerance rule). Times are medians of
-triton.testing.do_bench (L2 flushed before every call). Bandwidth = the task's cost()["bytes"] /
-time, as a fraction of the device copy bandwidth measured here (a 1 GiB device-to-device copy,
-bytes read + written). Every missed issue-11 target is flagged with by how much. A final sweep
-times alternative block configs of ours (to tune the heuristics). A time budget keeps the run
-near 4 minutes on an H100: past it, torch.compile and the sweep are skipped (and say so).
+
+Correctness first, by the unit benchmark's rule (fastkernels.bench.unit): ours against the
+baseline run in fp32 on fp32 copies of the inputs, within the dtype's tolerance, or else within
+twice the bf16 baseline's own error against that fp32 reference (at the worst element and in RMS).
+
+Three times per variant, each the better of two rounds that alternate the variants:
+  gpu   a CUDA graph of one call, replayed under triton.testing.do_bench (L2 flushed before each
+        replay): the GPU's time, with the host's launch work out of it (the graph launch itself
+        costs ~5-6 us here: the floor of every decode-sized row)
+  call  do_bench of the plain call (L2 flushed): what earlier versions of this table showed; host
+        work that outlasts the L2 flush (~256 MiB memset) leaks into it
+  host  decode rows only: wall time per call of back-to-back calls, one sync at the end: what an
+        eager decode loop pays per op when the host, not the GPU, is the bottleneck
+Bandwidth = the task's cost()["bytes"] / gpu time, as a fraction of the device copy bandwidth
+(a 1 GiB device-to-device copy, bytes read + written) and of a copy of the same byte count (the
+ceiling at that size: small copies do not reach the 1 GiB rate). Every missed issue-11 target is
+flagged with by how much. A final sweep times alternative block configs of ours. A time budget
+keeps the run near 4 minutes on an H100: past it, torch.compile and the sweep are skipped (and
+say so).
 
     python benchmarks/l1_peers.py --out benchmarks/results/l1_peers        # on the GPU
     python benchmarks/l1_peers.py --smoke --out /tmp/l1_smoke              # CPU: tiny shapes, interpreter
@@ -25,6 +38,7 @@ code) and, if installed, liger_kernel.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -109,6 +123,51 @@ def bench_ms(fn, smoke: bool, rep_ms: int) -> float:
     return float(do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
 
 
+def graph_ms(fn, smoke: bool, rep_ms: int) -> float:
+    """GPU time of one call: a CUDA graph of the call replayed under do_bench (L2 flushed)."""
+    if smoke:
+        return bench_ms(fn, smoke, rep_ms)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    try:
+        return bench_ms(graph.replay, smoke, rep_ms)
+    finally:
+        del graph
+
+
+def host_ms(fn, smoke: bool, n: int = 200) -> float:
+    """Wall time per call of n back-to-back calls, synchronised once at the end."""
+    if smoke:
+        return bench_ms(fn, smoke, 0)
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def warm_gpu(device, smoke: bool, seconds: float = 0.3) -> None:
+    """Keep the GPU busy for a moment so its clocks are up before timing (idle, the H100 here
+    sat at 345 MHz)."""
+    if smoke:
+        return
+    a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
 def copy_bandwidth(device, smoke: bool) -> float:
     """Bytes/s of a large device-to-device copy (read + write), the memory ceiling."""
     if smoke:
@@ -120,6 +179,20 @@ def copy_bandwidth(device, smoke: bool) -> float:
     del src, dst
     torch.cuda.empty_cache()
     return 2 * n * 2 / (ms * 1e-3)
+
+
+def same_size_copy_ms(nbytes: int, device, smoke: bool, rep_ms: int) -> float | None:
+    """GPU time (graph replay, as ours is timed) of copying nbytes/2 into nbytes/2: the ceiling of
+    a kernel that must read and write that many bytes."""
+    if smoke or nbytes < 2**16:
+        return None
+    n = nbytes // 4  # bf16 elements per buffer
+    src = torch.randn(n, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    try:
+        return graph_ms(lambda: dst.copy_(src), smoke, rep_ms)
+    finally:
+        del src, dst
 
 
 # ---- peers ---------------------------------------------------------------------------------
@@ -260,26 +333,44 @@ def _flat(out):
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
-def check(ours, ref, dtype) -> tuple[bool, str, float]:
-    """The unit benchmark's rule against eager: |ours - ref| <= atol*rms(ref) + rtol*|ref|."""
-    a_list, b_list = _flat(ours), _flat(ref)
-    if len(a_list) != len(b_list):
-        return False, f"{len(a_list)} outputs, eager gives {len(b_list)}", float("inf")
-    worst = 0.0
-    for i, (a, b) in enumerate(zip(a_list, b_list)):
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False, f"output {i}: {tuple(a.shape)} {a.dtype} vs eager {tuple(b.shape)} {b.dtype}", float("inf")
-        if not b.is_floating_point():
-            if not torch.equal(a, b):
-                return False, f"output {i}: {(a != b).sum().item()} integer values differ", float("inf")
+def _rms(t) -> float:
+    return float(t.pow(2).mean().sqrt())
+
+
+def check(ours, ref32, expect, dtype) -> tuple[bool, str, float]:
+    """The unit benchmark's rule: ours against the fp32 baseline `ref32` within
+    atol*rms(ref) + rtol*|ref| (TOLERANCES by dtype), or else within twice the dtype baseline's
+    (`expect`) own error against ref32, at the worst element and in RMS. Integer outputs must equal
+    the dtype baseline's. Returns (ok, text, worst ratio to the flat bound)."""
+    a_list, r_list, e_list = _flat(ours), _flat(ref32), _flat(expect)
+    if len(a_list) != len(e_list):
+        return False, f"{len(a_list)} outputs, the baseline gives {len(e_list)}", float("inf")
+    worst, notes = 0.0, []
+    for i, (a, r, e) in enumerate(zip(a_list, r_list, e_list)):
+        if a.shape != e.shape or a.dtype != e.dtype:
+            return False, f"output {i}: {tuple(a.shape)} {a.dtype} vs baseline {tuple(e.shape)} {e.dtype}", float("inf")
+        if not e.is_floating_point():
+            if not torch.equal(a, e):
+                return False, f"output {i}: {(a != e).sum().item()} integer values differ", float("inf")
             continue
-        a, b = a.float(), b.float()
+        a, r, e = a.float(), r.float(), e.float()
         if not torch.isfinite(a).all():
             return False, f"output {i}: NaN/Inf", float("inf")
         tol = TOLERANCES[str(dtype).replace("torch.", "")]
-        bound = tol.atol * b.pow(2).mean().sqrt() + tol.rtol * b.abs()
-        worst = max(worst, ((a - b).abs() / bound.clamp_min(1e-30)).max().item())
-    return worst <= 1.0, f"within tolerance ({worst:.2f}x of the bound)" if worst <= 1.0 else f"off: {worst:.2f}x the bound", worst
+        err = (a - r).abs()
+        ratio = (err / (tol.atol * _rms(r) + tol.rtol * r.abs()).clamp_min(1e-30)).max().item()
+        worst = max(worst, ratio)
+        if ratio > 1.0:
+            base_err = (e - r).abs()
+            mine, theirs = (float(err.max()), _rms(err)), (float(base_err.max()), _rms(base_err))
+            if mine[0] <= 2 * theirs[0] and mine[1] <= 2 * theirs[1]:
+                notes.append(f"output {i}: {ratio:.2f}x the flat bound, within twice the bf16 baseline's own error "
+                             f"(max {mine[0]:.2e} vs {theirs[0]:.2e}, rms {mine[1]:.2e} vs {theirs[1]:.2e} against fp32)")
+            else:
+                return False, (f"output {i}: off: {ratio:.2f}x the bound and more than twice the bf16 baseline's own "
+                               f"error (max {mine[0]:.2e} vs {theirs[0]:.2e}, rms {mine[1]:.2e} vs {theirs[1]:.2e})"), ratio
+    text = f"within tolerance of the fp32 baseline ({worst:.2f}x of the bound)" if not notes else "; ".join(notes)
+    return True, text, worst
 
 
 # ---- one case ------------------------------------------------------------------------------
@@ -310,36 +401,69 @@ def run_case(op, model_id, shape_name, args, device, dtype, copy_bps, deadline, 
     with torch.device(device):  # peer modules initialise their weights on the GPU (a 1 GiB table: seconds on a CPU)
         peers, missing = peers_for(op, spec, config, base, inputs, device, dtype)
     rec["missing"] = missing
+    tuned_before = dict(getattr(lib_cache[op], "_TUNED", {}))
     with torch.no_grad():
         got = ours(*inputs)
-        eager_fn, eager_args = peers["eager"]
-        want = eager_fn(*eager_args)
-    ok, why, worst = check(got, want, dtype)
+        expect = base(*inputs)
+        ref32 = copy.deepcopy(base).float()(*[x.float() if x.is_floating_point() else x for x in inputs])
+    ok, why, worst = check(got, ref32, expect, dtype)
     rec["correct"], rec["check"] = ok, why
     if not ok:
-        rec["notes"].append(f"ours is WRONG against eager ({why}): not timed")
+        rec["notes"].append(f"ours is WRONG ({why}): not timed")
         return rec
-    del got, want
+    del got, expect, ref32
+    tuned_now = getattr(lib_cache[op], "_TUNED", {})
+    rec["autotuned"] = {str(k): v for k, v in tuned_now.items() if k not in tuned_before}
 
+    eager_fn, eager_args = peers["eager"]
     variants = [("ours", ours, tuple(inputs))] + [(n, f, a) for n, (f, a) in peers.items()]
     if not args.no_compile and not smoke:
         if time.monotonic() < deadline - 45:
             variants.append(("compile", torch.compile(eager_fn, dynamic=False), eager_args))
         else:
             rec["notes"].append("torch.compile skipped: time budget")
+    launch_bound = shape_name == "decode" or rec["bytes"] < SMALL_BYTES
+    rec["launch_bound"] = launch_bound
+    live = []
     for name, fn, fargs in variants:
         try:
             with torch.no_grad():
-                fn(*fargs)  # compile / autotune / first-launch outside the timing
-                rec["times_ms"][name] = bench_ms(lambda fn=fn, fargs=fargs: fn(*fargs), smoke, args.rep_ms)
+                fn(*fargs)  # compile / autotune / first launch outside the timing
+            live.append((name, fn, fargs))
         except Exception as exc:  # noqa: BLE001 - one peer failing must not end the case
             rec["notes"].append(f"{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
-    rec["autotuned"] = {name: str(obj.best_config) for name, obj in vars(lib_cache[op]).items()
-                        if name.endswith("_tuned") and getattr(obj, "best_config", None) is not None}
+    gpu, call, host = {}, {}, {}
+    warm_gpu(device, smoke, 0.1)
+    for _round in range(2):  # alternate the variants twice, keep each one's best
+        for name, fn, fargs in live:
+            def once(fn=fn, fargs=fargs):
+                return fn(*fargs)
+
+            with torch.no_grad():
+                if gpu.get(name, 0.0) is not None:
+                    try:
+                        g = graph_ms(once, smoke, args.rep_ms)
+                        gpu[name] = min(g, gpu.get(name) or g)
+                    except Exception as exc:  # noqa: BLE001 - not capturable: say so, time the call
+                        gpu[name] = None
+                        rec["notes"].append(f"{name}: no CUDA graph ({type(exc).__name__}: {str(exc)[:100]}); its gpu time is its call time")
+                        torch.cuda.synchronize() if device.type == "cuda" else None
+                c = bench_ms(once, smoke, args.rep_ms)
+                call[name] = min(c, call.get(name, c))
+                if launch_bound:
+                    h = host_ms(once, smoke)
+                    host[name] = min(h, host.get(name, h))
+    rec["times_ms"] = {n: (gpu[n] if gpu.get(n) is not None else call[n]) for n in call}
+    rec["call_ms"], rec["host_ms"] = call, host
     t = rec["times_ms"]
+    if rec["bound"] == "memory" or op != "attention":
+        rec["copy_same_ms"] = same_size_copy_ms(rec["bytes"], device, smoke, args.rep_ms)
     if "ours" in t:
         rec["ours_bytes_per_s"] = rec["bytes"] / (t["ours"] * 1e-3)
         rec["ours_bw_fraction"] = rec["ours_bytes_per_s"] / copy_bps
+        if rec.get("copy_same_ms"):
+            rec["ours_vs_same_copy"] = rec["copy_same_ms"] / t["ours"]
+            rec["same_copy_bw_fraction"] = rec["bytes"] / (rec["copy_same_ms"] * 1e-3) / copy_bps
         rec["ours_flops_per_s"] = rec["flops"] / (t["ours"] * 1e-3) if rec["flops"] else None
         rec["speedup"] = {n: t[n] / t["ours"] for n in t if n != "ours"}
         rec["peer_bw_fraction"] = {n: rec["bytes"] / (t[n] * 1e-3) / copy_bps for n in t}
@@ -348,18 +472,20 @@ def run_case(op, model_id, shape_name, args, device, dtype, copy_bps, deadline, 
 
 
 def verdicts(rec) -> list[str]:
-    """Issue 11's targets for this case: 'MET ...' or 'MISSED ... by ...'."""
+    """Issue 11's targets for this case: 'MET ...' or 'MISSED ... by ...' (gpu times unless said)."""
     t = rec["times_ms"]
     if "ours" not in t:
         return ["MISSED: ours not timed"]
     out = []
     ours = t["ours"]
     decode = rec["shape"] == "decode"
+    host = rec.get("host_ms", {})
     if rec["op"] == "attention":
         if decode:
-            ref = t.get("sdpa")
-            if ref is not None:
-                out.append(_cmp("decode faster than SDPA", ours, ref, 1.0))
+            if "sdpa" in t:
+                out.append(_cmp("decode faster than SDPA (GPU time)", ours, t["sdpa"], 1.0))
+            if "sdpa" in host and "ours" in host:
+                out.append(_cmp("decode faster than SDPA (host-inclusive, per back-to-back call)", host["ours"], host["sdpa"], 1.0))
         else:
             ref = t.get("sdpa_flash", t.get("sdpa"))
             if ref is not None:
@@ -369,14 +495,24 @@ def verdicts(rec) -> list[str]:
     if decode:
         if peers:
             best = min(peers, key=peers.get)
-            out.append(_cmp(f"decode no slower than the fastest peer ({best})", ours, peers[best], 1.0))
+            out.append(_cmp(f"decode no slower than the fastest peer ({best}) in GPU time, within {NOISE:.0%}",
+                            ours, peers[best], 1 + NOISE))
+        hp = {n: host[n] for n in ("compile", "liger") if n in host}
+        if hp and "ours" in host:
+            best = min(hp, key=hp.get)
+            out.append(_cmp(f"decode no slower than the fastest peer ({best}) per back-to-back call (host-inclusive)",
+                            host["ours"], hp[best], 1.0))
         return out
     frac = rec["ours_bw_fraction"]
     tag = " (small: launch-bound)" if rec["bytes"] < SMALL_BYTES else ""
     if frac >= MEMORY_TARGET:
         out.append(f"MET {MEMORY_TARGET:.0%} of copy bandwidth ({frac:.1%})")
     else:
-        out.append(f"MISSED {MEMORY_TARGET:.0%} of copy bandwidth: {frac:.1%}, short by {MEMORY_TARGET - frac:.1%} points{tag}")
+        why = ""
+        if rec.get("copy_same_ms"):
+            why = (f"; a torch copy of the same byte count reaches {rec['same_copy_bw_fraction']:.1%} of it "
+                   f"({rec['copy_same_ms'] * 1e3:.1f} us) and ours runs at {rec['ours_vs_same_copy']:.0%} of that copy's speed")
+        out.append(f"MISSED {MEMORY_TARGET:.0%} of copy bandwidth: {frac:.1%}, short by {MEMORY_TARGET - frac:.1%} points{tag}{why}")
     for name, pt in peers.items():
         peer_frac = rec["peer_bw_fraction"][name]
         if peer_frac >= PEER_AT_CEILING:  # the peer is at the ceiling: match it within noise
@@ -413,11 +549,11 @@ def sweep(args, device, dtype, copy_bps, deadline, lib_cache):
     plans = []
     # rms_norm / add_rms_norm: both launch shapes (one tile per program; persistent + cp.async
     # prefetch) over warps and tile heights; the autotuner picks among 4 of these on its own.
-    launch = [(0, 1, 8), (0, 1, 16), (0, 1, 4), (4, 3, 8), (4, 2, 8), (8, 2, 4), (2, 4, 16)]
+    launch = [(0, 1, 8), (0, 1, 16), (0, 1, 4), (4, 3, 8), (8, 2, 4), (2, 4, 16)]
     m, base, (x,), nb = ctx("rms_norm", LLAMA, "prefill")
     for ctas, stages, nw in launch:
-        for bm in (1, 2):
-            c = {"CTAS_PER_SM": ctas, "STAGES": stages, "num_warps": nw, "BLOCK_M": bm}
+        for tile in (4096, 8192):
+            c = {"CTAS_PER_SM": ctas, "STAGES": stages, "num_warps": nw, "TILE": tile}
             plans.append((f"rms_norm llama prefill {c}", nb, lambda m=m, c=c, x=x, w=base.weight: m.rms_norm(x, w, 1e-5, config=c)))
     m, base, (x,), nb = ctx("rms_norm", QWEN3, "qk_norm_prefill")
     for ctas, stages, nw in launch[:4]:
@@ -458,7 +594,7 @@ def sweep(args, device, dtype, copy_bps, deadline, lib_cache):
         try:
             with torch.no_grad():
                 fn()
-                ms = bench_ms(fn, smoke, max(20, args.rep_ms // 2))
+                ms = graph_ms(fn, smoke, max(20, args.rep_ms // 2))
             row = {"variant": name, "ms": ms}
             if nbytes:
                 row["bw_fraction"] = nbytes / (ms * 1e-3) / copy_bps
@@ -495,29 +631,47 @@ def markdown(meta, records, sweep_rows) -> str:
         f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}, transformers "
         f"{meta['transformers']}, liger_kernel {meta['liger_kernel']}; dtype {meta['dtype']}  ",
         f"Copy bandwidth (1 GiB D2D, read+write): {meta['copy_bytes_per_s'] / 1e12:.2f} TB/s  ",
-        f"Times: do_bench medians in microseconds, L2 flushed. BW% = task cost() bytes / time / copy bandwidth. "
-        f"Attention: eager = HF eager_attention_forward (mask built outside the timing); sdpa = "
-        f"F.scaled_dot_product_attention(enable_gqa=True) alone, without the transpose + contiguous copy HF "
-        f"adds after it (ours writes [B, S, H, D] directly), so the comparison leans towards SDPA."
+        "Times in microseconds, each the better of two rounds that alternate the variants. **gpu**: a CUDA graph of "
+        "one call replayed under do_bench (L2 flushed before each replay), so the host's launch work is out of it; the "
+        "graph launch itself costs ~5-6 us, the floor of every decode-sized row. **call**: do_bench of the plain call "
+        "(L2 flushed): host work longer than the flush leaks into it. **host**: launch-bound rows only, wall time per "
+        "call of 200 back-to-back calls (one sync): what an eager decode loop pays per op. BW% = task cost() bytes / gpu "
+        "time / the 1 GiB copy bandwidth; \"copy\" = gpu time of a torch copy of the same byte count (read half, write "
+        "half), the ceiling at that size. Correctness: against the baseline in fp32 by the unit benchmark's rule. "
+        "Attention: eager = HF eager_attention_forward (mask built outside the timing); sdpa = "
+        "F.scaled_dot_product_attention(enable_gqa=True) alone, without the transpose + contiguous copy HF "
+        "adds after it (ours writes [B, S, H, D] directly), so the comparison leans towards SDPA."
         + ("  \n**SMOKE RUN on CPU under the Triton interpreter: times mean nothing.**" if meta["smoke"] else ""),
         "",
-        "| op | model | shape | MB | eager | compile | liger | sdpa | sdpa flash | ours | ours BW% | x eager | x compile | x liger |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "## GPU time",
+        "",
+        "| op | model | shape | MB | copy | eager | compile | liger | sdpa | sdpa flash | ours | ours BW% | ours / copy | x eager | x compile | x liger |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['model'].split('/')[-1]} | {r['shape']} | | | | | | | ERROR | | | | |")
+            lines.append(f"| {r['op']} | {r['model'].split('/')[-1]} | {r['shape']} | | | | | | | | ERROR | | | | | |")
             continue
         t = r.get("times_ms", {})
         sp = r.get("speedup", {})
         bw = f"{r['ours_bw_fraction']:.0%}" if "ours_bw_fraction" in r else "-"
+        vs_copy = f"{r['ours_vs_same_copy']:.0%}" if "ours_vs_same_copy" in r else "-"
         lines.append(
-            f"| {r['op']} | {r['model'].split('/')[-1]} | {r['shape']} | {r['bytes'] / 2**20:.1f} | "
+            f"| {r['op']} | {r['model'].split('/')[-1]} | {r['shape']} | {r['bytes'] / 2**20:.1f} | {_us(r.get('copy_same_ms'))} | "
             + " | ".join(_us(t.get(n)) for n in PEER_ORDER)
-            + f" | {bw} | "
+            + f" | {bw} | {vs_copy} | "
             + " | ".join(f"{sp[n]:.2f}" if n in sp else "-" for n in ("eager", "compile", "liger"))
             + " |"
         )
+    lines += ["", "## Per call with the host's launch work (launch-bound rows): call / host", "",
+              "| op | model | shape | eager | compile | liger | sdpa | sdpa flash | ours |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        if "error" in r or not r.get("launch_bound"):
+            continue
+        c, h = r.get("call_ms", {}), r.get("host_ms", {})
+        cells = [f"{_us(c.get(n))} / {_us(h.get(n))}" if n in c else "-" for n in PEER_ORDER]
+        lines.append(f"| {r['op']} | {r['model'].split('/')[-1]} | {r['shape']} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets (issue 11)", ""]
     for r in records:
         head = f"- **{r['op']} {r['model'].split('/')[-1]} {r['shape']}**"
@@ -528,15 +682,15 @@ def markdown(meta, records, sweep_rows) -> str:
         if r.get("op") == "attention" and r.get("bound") == "compute" and r.get("ours_flops_per_s"):
             items.append(f"ours {r['ours_flops_per_s'] / 1e12:.0f} TFLOP/s of useful (causal) work")
         elif r.get("op") == "attention" and "ours_bw_fraction" in r:
-            items.append(f"ours streams the KV cache at {r['ours_bw_fraction']:.0%} of copy bandwidth")
-        items.append(f"correctness vs eager: {r.get('check', '-')}")
-        items += [f"autotuner chose {name}: {cfg}" for name, cfg in r.get("autotuned", {}).items()]
+            items.append(f"ours streams the KV cache at {r['ours_bw_fraction']:.0%} of copy bandwidth (GPU time incl. the ~5-6 us graph launch)")
+        items.append(f"correctness: {r.get('check', '-')}")
+        items += [f"autotuner chose {cfg} for {key}" for key, cfg in r.get("autotuned", {}).items()]
         items += [f"no {n}: {why}" for n, why in r.get("missing", {}).items()]
         lines.append(f"{head}: " + "; ".join(items))
     missed = sum(v.startswith("MISSED") for r in records for v in r.get("verdicts", []))
     lines += ["", f"{missed} target(s) missed."]
     if sweep_rows:
-        lines += ["", "## Sweep of our block configs", ""]
+        lines += ["", "## Sweep of our block configs (gpu time)", ""]
         lines += [f"- {_sweep_line(r)}" for r in sweep_rows]
     return "\n".join(lines) + "\n"
 
@@ -577,6 +731,7 @@ def main(argv=None) -> int:
         liger_version = "not installed"
     import transformers
 
+    warm_gpu(device, args.smoke, 0.5)
     copy_bps = copy_bandwidth(device, args.smoke)
     meta = {
         "command": "python " + " ".join([os.path.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:])),
