@@ -352,6 +352,11 @@ def load_inline(name, cpp_sources, cuda_sources=None, functions=None, extra_cfla
             raise CudaBuildError(trimmed, log=text) from None
         except OSError as exc:
             if "CUDA_HOME" in str(exc):  # torch found no CUDA toolkit
+                import torch
+
+                if torch.version.cuda is None:
+                    raise ResourceError(f"this torch ({torch.__version__}) is a CPU-only build and cannot build CUDA "
+                                        "kernels; install a CUDA build of torch") from None
                 raise ResourceError("no CUDA toolkit (nvcc) found to compile the kernel's CUDA; install it or set "
                                     "CUDA_HOME to its root") from None
             raise
