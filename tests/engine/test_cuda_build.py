@@ -26,7 +26,7 @@ import pytest
 
 from fastkernels.agent.llm.base import LLMError
 from fastkernels.agent.llm.library import LibraryBackend, library_kernel_path
-from fastkernels.agent.prompts import build_generation_prompt
+from fastkernels.agent.prompts import build_generation_prompt, build_retry_prompt
 from fastkernels.agent.validate import static_check
 from fastkernels.bench import cuda_build
 from fastkernels.bench.unit import kernel_names
@@ -148,6 +148,8 @@ def test_library_backend_serves_cuda_kernels_for_cuda_only_prompts():
     reply = LibraryBackend().generate(build_generation_prompt(spec, cuda_only=True), chunks.append, op=spec, attempt=1)
     assert reply.origin == "library" and "cuda/rms_norm.py" in reply.text and "load_inline" in reply.text
     assert "".join(chunks) == reply.text
+    retry = build_retry_prompt(spec, "class RMSNorm: ...", "some error", cuda_only=True, attempt=2)
+    assert "cuda/rms_norm.py" in LibraryBackend().generate(retry, chunks.append, op=spec, attempt=2).text
     triton = LibraryBackend().generate(build_generation_prompt(spec, cuda_only=False), chunks.append, op=spec, attempt=1)
     assert "import triton" in triton.text and "load_inline" not in triton.text
     # No raw CUDA attention in the library: said at once (fatal: retrying cannot help), not a baseline
@@ -251,7 +253,8 @@ def test_a_kernel_compiles_once_and_a_second_process_loads_the_cached_build(buil
     built, cached = first["log"][-1], second["log"][-1]
     assert built["compiled"] and built["ok"]
     assert not cached["compiled"] and cached["ok"] and cached["key"] == built["key"]
-    assert cached["seconds"] < 1.0 < built["seconds"], (built, cached)  # ninja found it all up to date
+    # Measured here: 0.77 s to build (nvcc + link, no torch headers), 0.01 s to load the cached build.
+    assert cached["seconds"] < min(0.5, built["seconds"]), (built, cached)  # ninja found it all up to date
 
 
 def test_a_broken_kernel_comes_back_as_the_compilers_first_error_at_a_line_of_this_file(build_env):
