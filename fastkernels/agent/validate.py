@@ -265,21 +265,41 @@ def validate_kernel(code: str, expected_class_name: str, *, spec=None, cuda_only
         # Importing compiles the CUDA (torch/extension.h alone is ~20-40 s of host compiler): a first
         # build needs far longer than an import. Later imports load it from the cache in milliseconds.
         timeout = max(timeout, CUDA_BUILD_TIMEOUT)
+    payload, label = child_payload(code, expected_class_name, spec)
+    job = run_job("fastkernels.agent.validate:_validate_in_child", payload, timeout=timeout, label=label)
+    if job.ok:
+        return result_of(job.value or {}, label, job.seconds)
+    return result_from_failed_job(job, payload, label)
+
+
+def child_payload(code: str, expected_class_name: str, spec=None) -> tuple[dict, str]:
+    """(the payload of `_validate_in_child`, the label errors start with)."""
     filename = f"candidate_{re.sub(r'[^A-Za-z0-9_]', '_', expected_class_name)}.py"
     init_args = None
     if spec is not None:
         first = next(iter(spec.shapes), None)
         init_args = spec.init_args_for(first) if first else dict(spec.init_args)
     label = f"{spec.key if spec is not None else expected_class_name} candidate"
-    job = run_job("fastkernels.agent.validate:_validate_in_child",
-                  {"code": code, "class_name": expected_class_name, "init_args": init_args, "filename": filename},
-                  timeout=timeout, label=label)
-    if job.ok:
-        value = job.value or {}
-        if value.get("error"):
-            return ValidationResult(False, error=f"{label}: {value['error']}", stage=value.get("stage") or "class",
-                                    kind="ok", seconds=job.seconds)
-        return ValidationResult(True, seconds=job.seconds)
+    return {"code": code, "class_name": expected_class_name, "init_args": init_args, "filename": filename}, label
+
+
+def result_of(value: dict, label: str, seconds: float) -> ValidationResult:
+    """The verdict from what `_validate_in_child` returned."""
+    if value.get("error"):
+        return ValidationResult(False, error=f"{label}: {value['error']}", stage=value.get("stage") or "class",
+                                kind="ok", seconds=seconds)
+    return ValidationResult(True, seconds=seconds)
+
+
+def stage_reached(stderr_tail: str) -> str | None:
+    """The last stage `_validate_in_child` announced on stderr (None: it never started)."""
+    marks = re.findall(re.escape(STAGE_MARK) + r"(\w+)", stderr_tail)
+    return marks[-1] if marks else None
+
+
+def result_from_failed_job(job, payload: dict, label: str) -> ValidationResult:
+    """The verdict when the child raised, crashed or timed out during `_validate_in_child`."""
+    expected_class_name, init_args, filename = payload["class_name"], payload["init_args"], payload["filename"]
     marks = re.findall(re.escape(STAGE_MARK) + r"(\w+)", job.stderr_tail)
     stage = marks[-1] if marks and marks[-1] in STAGES else "import"
     line = _candidate_line(job.stderr_tail, filename)

@@ -32,6 +32,7 @@ On a CPU nothing is timed: the Triton interpreter's speed says nothing about a G
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -277,6 +278,62 @@ def run_unit_many(spec, codes: dict[str, str], *, seeds: int = 3, timing: bool =
             out[name] = report
         items = items[len(done):]
     return {name: out[name] for name in codes}
+
+
+def run_gate(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only: bool = False,
+             timeout: float = 600.0, compile_baseline: bool = True, gpu: str | None = None):
+    """The agent's gate - validate_kernel, then run_unit - in ONE sandboxed child: one interpreter
+    start and one `import torch` instead of two (each is most of a warm gate's wall time).
+    Returns (ValidationResult, UnitReport) with the verdicts and messages the two calls give; when
+    validation fails the UnitReport says it was not run."""
+    import tempfile
+    from pathlib import Path
+
+    from fastkernels.agent import validate as v
+    from fastkernels.bench.devices import GpuPool
+
+    def not_run(why: str) -> UnitReport:
+        return UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name, cuda_only=cuda_only,
+                          passed=False, kind="exception", error=f"{spec.key} {spec.class_name} candidate: not "
+                                                                 f"unit-tested: {why}")
+
+    bad = v.static_check(code, spec.class_name, cuda_only=cuda_only)
+    if bad is not None:
+        return bad, not_run("it did not validate")
+    if cuda_only and not cuda_present():
+        return v.ValidationResult(True), run_unit(spec, code, cuda_only=True)  # says it needs a GPU, no child
+    run_spec = spec if cuda_present() or spec.tiny else _small_spec(spec)
+    vpayload, vlabel = v.child_payload(code, spec.class_name, spec)
+    label = f"{run_spec.key} {run_spec.class_name} candidate"
+    with tempfile.TemporaryDirectory(prefix="fk-gate-") as tmp:
+        flag = Path(tmp) / "validated.json"
+        payload = {
+            "spec": run_spec.to_dict(), "level": run_spec.level, "name": run_spec.name, "code": code,
+            "seeds": int(seeds), "timing": bool(timing), "cuda_only": bool(cuda_only),
+            "kernel_names": kernel_names(code), "compile_baseline": bool(compile_baseline), "label": label,
+            "require_kernel": True, "compile_cache": True, "validate": vpayload, "validated_flag": str(flag),
+        }
+        if cuda_only or "load_inline" in code:
+            timeout = max(timeout, v.CUDA_BUILD_TIMEOUT)
+        job = run_job("fastkernels.bench.unit:_gate_job", payload, timeout=timeout, label=label,
+                      env=GpuPool.job_env(gpu))
+        validated = json.loads(flag.read_text()) if flag.is_file() else None
+    if validated is None:  # it died before validation finished: validate_kernel's own verdict on that
+        if job.ok:
+            failed = v.result_of(job.value.get("validation") or {"error": "no validation result"}, vlabel, job.seconds)
+        else:
+            failed = v.result_from_failed_job(job, vpayload, vlabel)
+        return failed, not_run("it did not validate")
+    verdict = v.result_of(validated, vlabel, validated.get("seconds", 0.0))
+    if not verdict.ok:
+        return verdict, not_run("it did not validate")
+    if job.ok:
+        report = UnitReport.from_dict(job.value["unit"])
+        report.seconds = job.seconds
+        return verdict, report
+    return verdict, UnitReport(op=run_spec.key, model_id=run_spec.model_id, class_name=run_spec.class_name,
+                               device="cuda" if cuda_present() else "cpu", cuda_only=cuda_only, passed=False,
+                               error=job.error + _tail_hint(job), kind=job.kind, seconds=job.seconds)
 
 
 def _tail_hint(job) -> str:
@@ -810,6 +867,22 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
 def _unit_job(payload: dict) -> dict:
     """Sandbox side of run_unit."""
     return _unit_one(payload, "candidate.py", "fk_candidate")
+
+
+def _gate_job(payload: dict) -> dict:
+    """Sandbox side of run_gate: validate_kernel's checks, then the unit test, in this one child."""
+    from fastkernels.agent.validate import _validate_in_child
+    from fastkernels.bench.cuda_build import cached_builds
+
+    t0 = time.perf_counter()
+    with cached_builds():
+        value = _validate_in_child(payload["validate"])
+    value = {**value, "seconds": time.perf_counter() - t0}
+    with open(payload["validated_flag"], "w") as fh:
+        json.dump(value, fh)
+    if value.get("error"):
+        return {"validation": value}
+    return {"validation": value, "unit": _unit_one(payload, "candidate.py", "fk_candidate_unit")}
 
 
 def _unit_many_job(payload: dict) -> dict:

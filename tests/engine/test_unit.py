@@ -314,3 +314,27 @@ def test_several_candidates_share_one_child_with_exact_attribution():
     # the crash ended the second child; each candidate it had not finished ran alone
     assert got["crash"].kind == "crash" and "SIGSEGV" in got["crash"].error
     assert got["cache"].kind == "ok" and "returns a cached result" in got["cache"].failure_message()
+
+
+def test_gate_in_one_child_gives_the_verdicts_of_validate_then_unit():
+    from fastkernels.agent.validate import validate_kernel
+    from fastkernels.bench.unit import run_gate
+
+    spec = dataclasses.replace(build_spec(1, "rms_norm", MODEL, tiny=True), dtypes=("float32",))
+    broken_import = GOOD.replace("import triton\n", "import triton\nraise RuntimeError('boom at import')\n", 1)
+    crash = GOOD.replace("        return rms_norm(x, self.weight, self.variance_epsilon)",
+                         "        import ctypes\n        ctypes.string_at(0)")
+    cases = {"good": GOOD, "broken_import": broken_import, "crash": crash}
+    with ThreadPoolExecutor(2) as pool:
+        got = dict(zip(cases, pool.map(lambda c: run_gate(spec, c, seeds=1), cases.values())))
+    v, u = got["good"]
+    assert v.ok and u.passed, u.failure_message()
+    assert u.phase_seconds["import_torch"] > 0 and u.seconds > 0
+    v, u = got["broken_import"]
+    alone = validate_kernel(broken_import, spec.class_name, spec=spec)
+    line = broken_import.splitlines().index("raise RuntimeError('boom at import')") + 1
+    assert not v.ok and (v.stage, v.line, v.kind) == (alone.stage, alone.line, alone.kind) == ("import", line, "exception")
+    assert "boom at import" in v.error and "while importing the file" in v.error
+    assert not u.passed and "not unit-tested" in u.error
+    v, u = got["crash"]  # validates (construction is fine), dies in forward: the unit test's verdict
+    assert v.ok and not u.passed and u.kind == "crash" and "SIGSEGV" in u.error
