@@ -1,6 +1,7 @@
 """`--tp N` on CPU: the same code path as on GPUs (torch.distributed, spawned ranks), with gloo on 2
-processes and tiny models. Sharding is checked against the unsharded model's logits; the
-end-to-end benchmark, the CLI and the agent run tensor-parallel and gather every rank on rank 0."""
+processes and tiny models (pinned to the CPU, so a one-GPU machine runs them too). Sharding is
+checked against the unsharded model's logits; the end-to-end benchmark, the CLI and the agent run
+tensor-parallel and gather every rank on rank 0. With two GPUs, the same run goes through NCCL."""
 
 import json
 import threading
@@ -32,7 +33,7 @@ def baseline_codes(family, level):
 def test_two_gloo_ranks_compute_the_unsharded_models_logits():
     """Each rank holds half the heads and half the MLP (MoE experts: half of every expert), the
     all-reduces sit after attention and MLP, and the sum is the single-process model's output."""
-    gathered = launch(f"{__package__}.tp_jobs:sharded_logits", {"models": [LLAMA, MIXTRAL]}, 2)
+    gathered = launch(f"{__package__}.tp_jobs:sharded_logits", {"models": [LLAMA, MIXTRAL]}, 2, backend="gloo")
     assert [g["info"]["rank"] for g in gathered] == [0, 1]
     assert all(g["info"]["env"] == MULTICAST_OFF for g in gathered)
     for model_id in (LLAMA, MIXTRAL):
@@ -68,7 +69,7 @@ def test_tp2_patched_model_matches_and_every_rank_is_gathered_on_rank_0():
 '''
     good = baseline_codes("llama", 1)
     reports = run_benchmarks(LLAMA, 1, {"baseline": good, "bug": {**good, "L1/rms_norm": rank1_bug}}, tiny=True,
-                             prompt_len=6, new_tokens=4, tp=2, timeout=300)
+                             prompt_len=6, new_tokens=4, tp=2, timeout=300, device="cpu")
     r = reports["baseline"]
     assert r.passed, r.verdict
     assert r.tp == 2 and r.token_match == 1.0 and r.top1_agreement == 1.0
@@ -94,13 +95,23 @@ def test_cli_bench_tp2_runs_a_moe_model_end_to_end(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "report.json"
     code = main(["bench", "--model", MIXTRAL, "--level", "2", "--tiny", "--tp", "2", "--prompt-len", "6",
-                 "--new-tokens", "4", "--out", str(out)])
+                 "--new-tokens", "4", "--device", "cpu", "--out", str(out)])
     text = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert code == 0, report["verdict"]
     assert "tensor parallel x2" in " ".join(text.split()) and report["tp"] == 2 and report["token_match"] == 1.0
     assert sorted(op["op"] for op in report["shadow"]["ops"]) == ["L2/attention_block", "L2/moe_block"]
     assert len(report["tp_ranks"]) == 2 and all(t["backend"] == "gloo" for t in report["tp_ranks"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(len(devices.visible_gpus()) < 2, reason="needs 2 GPUs: NCCL runs one rank per GPU")
+def test_nccl_two_gpus_patched_model_matches():
+    r = run_benchmark(MIXTRAL, 1, baseline_codes("mixtral", 1), tiny=True, prompt_len=6, new_tokens=4, tp=2,
+                      timeout=600)
+    assert r.passed, r.verdict
+    assert r.token_match == 1.0 and [t["backend"] for t in r.tp_ranks] == ["nccl", "nccl"]
+    assert [t["env"] for t in r.tp_ranks] == [MULTICAST_OFF, MULTICAST_OFF]
 
 
 def test_agent_tp2_discovers_one_ranks_shapes_and_benchmarks_tensor_parallel(tmp_path, monkeypatch):
