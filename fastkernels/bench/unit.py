@@ -113,8 +113,9 @@ class UnitReport:
     timing_note: str = ""
     ceilings: dict | None = None
     seconds: float = 0.0
-    # Where the child's time went (s): import_torch, import_candidate, checks (profiler + correctness),
-    # timing (compile included); with `seconds` (the whole job) the rest is the interpreter's start.
+    # Where the child's time went (s): setup (torch, the harness, the model config), import_candidate,
+    # checks (profiler + correctness), timing (compile included); with `seconds` (the whole job) the
+    # rest is the interpreter's start (and, in run_gate, the validation stage).
     phase_seconds: dict = field(default_factory=dict)
 
     @property
@@ -869,6 +870,41 @@ def _unit_job(payload: dict) -> dict:
     return _unit_one(payload, "candidate.py", "fk_candidate")
 
 
+def precompile_baselines(spec, *, timeout: float = 600.0, gpu: str | None = None):
+    """Compile `spec`'s baseline under torch.compile at every shape (the first dtype), as the unit
+    benchmark does, in a sandboxed child, so that Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR)
+    are warm when the unit job compiles it again. Benchmarks start one per operator in parallel
+    with work that times nothing. Returns the JobResult (value: seconds per shape)."""
+    from fastkernels.bench.devices import GpuPool
+
+    payload = {"spec": spec.to_dict(), "level": spec.level, "name": spec.name}
+    return run_job("fastkernels.bench.unit:_precompile_job", payload, timeout=timeout,
+                   label=f"{spec.key}: compile the baseline", env=GpuPool.job_env(gpu))
+
+
+def _precompile_job(payload: dict) -> dict:
+    import copy
+
+    import torch
+
+    from fastkernels.registry.tasks import build_baseline, build_inputs
+
+    spec = _spec_from_payload(payload)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = spec.dtypes[0]
+    out = {}
+    for shape in spec.shapes:
+        t0 = time.perf_counter()
+        baseline = build_baseline(spec, shape, dtype, device, seed=0)
+        sets = [build_inputs(spec, shape, dtype, device, 100 + i) for i in range(2)]
+        with torch.no_grad():
+            compiled = torch.compile(copy.deepcopy(baseline), dynamic=False)
+            for args in sets:
+                compiled(*args)
+        out[shape] = time.perf_counter() - t0
+    return out
+
+
 def _gate_job(payload: dict) -> dict:
     """Sandbox side of run_gate: validate_kernel's checks, then the unit test, in this one child."""
     from fastkernels.agent.validate import _validate_in_child
@@ -928,7 +964,7 @@ def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
     path = os.path.join(os.getcwd(), filename)
     with open(path, "w") as fh:
         fh.write(payload["code"])
-    phases = {"import_torch": time.perf_counter() - t0}
+    phases = {"setup": time.perf_counter() - t0}
     t0 = time.perf_counter()
     with cached_builds():  # a raw CUDA kernel's load_inline: content-cached, built for this GPU
         module = load_module(path, name=module_name)
