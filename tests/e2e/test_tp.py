@@ -104,6 +104,26 @@ def test_cli_bench_tp2_runs_a_moe_model_end_to_end(tmp_path, monkeypatch, capsys
     assert len(report["tp_ranks"]) == 2 and all(t["backend"] == "gloo" for t in report["tp_ranks"])
 
 
+def test_a_rank_that_raises_ends_the_run_with_its_error_line():
+    """Rank 1's kernel raises while rank 0 waits in an all-reduce: the job ends (no hang) with one
+    line naming the rank and the error, which the sandbox reports and bisection blames."""
+    raising = planted.RMS_NORM_HEAD + '''
+    def forward(self, x):
+        import torch.distributed as dist
+
+        if dist.get_rank() == 1:
+            raise RuntimeError("rank-one kernel bug")
+        return self.weight * self.normed(x, self.variance_epsilon).to(x.dtype)
+'''
+    payload = {"model": LLAMA, "tiny": True, "level": 1, "prompt_len": 4, "new_tokens": 2, "batch": 1,
+               "dtype": "bfloat16", "seed": 0, "tp": 2, "sets": {"s": {"L1/rms_norm": raising}},
+               "only": ["L1/rms_norm"]}
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^rank 1: RuntimeError: rank-one kernel bug$"):
+        launch("fastkernels.bench.e2e:_probe_job", payload, 2, backend="gloo")
+    assert time.monotonic() - start < 120
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(len(devices.visible_gpus()) < 2, reason="needs 2 GPUs: NCCL runs one rank per GPU")
 def test_nccl_two_gpus_patched_model_matches():
