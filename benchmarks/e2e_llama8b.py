@@ -137,8 +137,8 @@ def summary(reports, command: str, seconds: float) -> str:
               f"{r0.new_tokens} new tokens. Noise floor (baseline bf16 vs fp32): token match "
               f"{fmt(r0.token_match_noise, '.1%')}, top-1 {fmt(r0.top1_agreement_noise, '.1%')}, "
               f"logit error {fmt(r0.logit_rel_error_noise)}.", "",
-              "Timing: every figure is the median of timed greedy generations, each after its own warm-up "
-              "generation, [min-max] beside it. Each set was timed in rounds with the unpatched baseline, "
+              "Timing: every figure is the median of timed greedy generations, each after the same generation "
+              "run untimed (warm-up), [min-max] beside it. Each set was timed in rounds with the unpatched baseline, "
               "alternating who goes first (AB, BA, ...); its speedup is the median of the per-round ratios "
               "[min-max over the rounds]. Timed runs use the model's default attention (SDPA) for baseline and "
               "patched model alike; the correctness figures use eager attention. A speedup whose range "
@@ -176,7 +176,7 @@ def main() -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled baseline")
     ap.add_argument("--skip-liger", action="store_true", help="no liger set (e.g. on a CPU)")
     ap.add_argument("--reps", type=int, default=4, help="timed rounds per comparison (baseline and patched each)")
-    ap.add_argument("--timing-budget-s", type=float, default=75.0,
+    ap.add_argument("--timing-budget-s", type=float, default=80.0,
                     help="the timing rounds stop early (in pairs, at least 2) past this many seconds in all")
     ap.add_argument("--timeout-s", type=float, default=300.0, help="the whole measurement job is killed after this")
     args = ap.parse_args()

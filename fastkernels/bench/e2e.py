@@ -15,8 +15,8 @@ once (real weights from disk, or seeded random ones: the report says which) and 
    failures name operator and layer), then greedy generation and teacher-forced logits as in (1);
 4. on a GPU, the baseline compiled (HF generate with a static cache, which compiles its forward).
 
-Timing: every figure is the median of several timed generations (TIMING_REPS), each after its own
-short warm-up, with the min and max beside it. The unpatched baseline is timed in the same rounds
+Timing: every figure is the median of several timed generations (TIMING_REPS), each after the same
+generation run untimed as its warm-up, with the min and max beside it. The unpatched baseline is timed in the same rounds
 as each patched set, alternating who goes first (AB, BA, ...), and the speedup is the median of the
 per-round ratios, with their spread: a first run that pays for warm-up, or a machine whose speed
 drifts, no longer shows up as a speedup (the baseline files bound as candidates once read 1.64x
@@ -516,10 +516,10 @@ def greedy(model, prompt, new_tokens: int):
     return torch.cat(tokens, dim=1), timing, bool(finite)
 
 
-# Timed runs per subject and candidate set; each is preceded by its own short warm-up generation
-# (allocator, cuBLAS handles, Triton's first launch and autotuning stay out of the numbers).
+# Timed runs per subject and candidate set; each is preceded by the same generation untimed, so
+# the allocator, cuBLAS handles, Triton's first launch and any autotuning a kernel does at each new
+# KV length it meets (a warm-up of a few tokens would leave later lengths to the timed run) stay out.
 TIMING_REPS = 4
-WARMUP_TOKENS = 4
 # The attention a user's model runs by default (transformers picks SDPA when nothing is asked
 # for); the timed runs use it, the correctness runs keep the loaded model's eager attention.
 TIMING_ATTENTION = "sdpa"
@@ -552,9 +552,9 @@ def attention_implementation(model, name: str | None):
 
 
 def timed_generation(model, prompt, new_tokens: int) -> tuple[float, float]:
-    """A short warm-up generation, then one timed greedy generation with Python's garbage collector
-    held off: (prefill ms, decode tok/s)."""
-    greedy(model, prompt, max(2, min(WARMUP_TOKENS, new_tokens)))
+    """The generation once untimed (warm-up), then timed with Python's garbage collector held off:
+    (prefill ms, decode tok/s)."""
+    greedy(model, prompt, new_tokens)
     was = gc.isenabled()  # no gc.collect() first: a full collection costs 0.2 s with torch loaded
     gc.disable()
     try:
