@@ -159,8 +159,11 @@ class CudaQueue:
         self._sync = _original("torch.cuda.synchronize")
         self._perf = _original("time.perf_counter")
         self._query = _original("Event.query")
-        self._spin = _original("torch.cuda._sleep")
         self.buffer = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
+        self.can_hold = "torch.cuda._sleep" in _ORIGINALS  # a torch without the spin kernel: events only
+        if not self.can_hold:
+            return
+        self._spin = _original("torch.cuda._sleep")
         # cycles of the spin kernel per millisecond, measured once
         cycles = 2_000_000
         self.sync()
@@ -234,6 +237,8 @@ def device_per_call(subjects: dict[str, Callable], arg_sets: Sequence[tuple], qu
     synchronises inside forward) and the fallback timed each call with events only."""
     names = list(subjects)
     host_ms = host_ms or {}
+    if not getattr(queue, "can_hold", True):
+        return _events_only(subjects, arg_sets, queue, samples), "events"
     got: dict[str, list[float]] = {n: [] for n in names}
     slack = 2.0
     per = max(1, batch)
