@@ -189,8 +189,8 @@ def same_size_copy_ms(nbytes: int, device, smoke: bool, rep_ms: int) -> float | 
     n = nbytes // 4  # bf16 elements per buffer
     src = torch.randn(n, dtype=torch.bfloat16, device=device)
     dst = torch.empty_like(src)
-    try:
-        return graph_ms(lambda: dst.copy_(src), smoke, rep_ms)
+    try:  # best of 3: a single copy timing moved by up to ~15% between cases in one run
+        return min(graph_ms(lambda: dst.copy_(src), smoke, rep_ms) for _ in range(3))
     finally:
         del src, dst
 

@@ -196,8 +196,8 @@ _attn_prefill_tuned = triton.autotune(
 
 @triton.jit
 def _attn_decode_partial_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, part_o_ptr, part_ml_ptr,
-    n_keys, n_kv_heads, group, chunk, n_splits, qk_scale,
+    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr,
+    ml_offset, n_keys, n_kv_heads, group, chunk, n_splits, qk_scale,
     sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -252,14 +252,15 @@ def _attn_decode_partial_kernel(
     else:
         # partials laid out [B*Hq, n_splits, ...] so the merge reads each head's splits contiguously
         row = (b * n_kv_heads * group + heads) * n_splits + split
-        tl.store(part_o_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_mask[:, None])
-        tl.store(part_ml_ptr + row * 2, m_i, mask=g_mask)
-        tl.store(part_ml_ptr + row * 2 + 1, l_i, mask=g_mask)
+        # one buffer: [rows, BLOCK_D] partial outputs, then [rows, 2] (max, sum) from ml_offset on
+        tl.store(part_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_mask[:, None])
+        tl.store(part_ptr + ml_offset + row * 2, m_i, mask=g_mask)
+        tl.store(part_ptr + ml_offset + row * 2 + 1, l_i, mask=g_mask)
 
 
 @triton.jit
 def _attn_decode_merge_kernel(
-    part_o_ptr, part_ml_ptr, o_ptr,
+    part_ptr, o_ptr, ml_offset,
     n_heads, n_splits, so_b, so_h,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -275,6 +276,7 @@ def _attn_decode_merge_kernel(
     row0 = bh.to(tl.int64) * n_splits
     offs_s = tl.arange(0, BLOCK_SPLITS)
     s_mask = offs_s < n_splits
+    part_ml_ptr = part_ptr + ml_offset
     m = tl.load(part_ml_ptr + (row0 + offs_s) * 2, mask=s_mask, other=float("-inf"))
     l = tl.load(part_ml_ptr + (row0 + offs_s) * 2 + 1, mask=s_mask, other=0.0)
     m_max = tl.max(m, 0)
@@ -286,7 +288,7 @@ def _attn_decode_merge_kernel(
         rows = c0 + offs_c
         c_mask = rows < n_splits
         w = tl.math.exp2(tl.load(part_ml_ptr + (row0 + rows) * 2, mask=c_mask, other=float("-inf")) - m_max)
-        part = tl.load(part_o_ptr + (row0 + rows)[:, None] * BLOCK_D + offs_d[None, :], mask=c_mask[:, None], other=0.0)
+        part = tl.load(part_ptr + (row0 + rows)[:, None] * BLOCK_D + offs_d[None, :], mask=c_mask[:, None], other=0.0)
         acc += tl.sum(part * w[:, None], 0)
     tl.store(o_ptr + b * so_b + h * so_h + offs_d, (acc / l_sum).to(o_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
@@ -411,7 +413,7 @@ def _hooked() -> bool:
     return any(getattr(h, "calls", h) for h in (rt.launch_enter_hook, rt.launch_exit_hook))
 
 
-def _launch(kernel, grid: tuple, args: tuple, meta: dict) -> None:
+def _launch(kernel, grid: tuple, args: tuple, meta: dict, key: tuple | None = None) -> None:
     """kernel[grid](*args, **meta), constexprs last in `meta` in signature order. The first launch of
     an argument signature (what Triton specialises on: dtypes, 16-byte alignment, int values) goes
     through Triton's JIT; later ones call the compiled kernel's launcher directly, without Triton's
@@ -420,8 +422,11 @@ def _launch(kernel, grid: tuple, args: tuple, meta: dict) -> None:
     if _INTERPRET:
         kernel[grid](*args, **meta)
         return
-    key = (kernel, grid, *meta.values(),
-           *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args])
+    if key is None:
+        key = (kernel, grid, *meta.values(),
+               *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args])
+    else:  # the caller's key already pins everything Triton specialises on
+        key = (kernel, key)
     hit = _COMPILED.get(key)
     if hit is None or _hooked():
         compiled = kernel[grid](*args, **meta)
@@ -439,11 +444,12 @@ def _launch(kernel, grid: tuple, args: tuple, meta: dict) -> None:
 
 
 def decode_splits(bsz: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: int) -> tuple[int, int]:
-    """(chunk, n_splits): about one (sequence, kv head, chunk) program per SM, each chunk a multiple
-    of BLOCK_N. Llama-3.1-8B decode (B=1, 8 kv heads, 4097 keys, 132 SMs): 13 chunks of 320 keys ->
-    104 programs. H100, CUDA-graph GPU time: 18.1 us here vs 19.8 us at 33 chunks (264 programs)
-    and 21.4 us at 66, SDPA 19.5 us (Qwen2.5-7B, 4 kv heads: 15.6 us vs 16.3 us at 33, SDPA 15.4)."""
-    want = max(1, n_sms // max(1, bsz * n_kv_heads))
+    """(chunk, n_splits): at most about one (sequence, kv head, chunk) program per SM, and chunks of
+    at least ~320 keys, each a multiple of BLOCK_N. Llama-3.1-8B decode (B=1, 8 kv heads, 4097 keys,
+    132 SMs): 13 chunks of 320 keys -> 104 programs. H100, CUDA-graph GPU time: 18.1 us there vs
+    19.8 us at 33 chunks (264 programs) and 21.4 us at 66, SDPA 19.5 us; Qwen2.5-7B (4 kv heads):
+    13 chunks 15.6 us vs 16.3 us at 33, SDPA 15.4 us. Fewer, longer chunks won at both shapes."""
+    want = max(1, min(n_sms // max(1, bsz * n_kv_heads), _cdiv(n_keys, 320)))
     chunk = _cdiv(_cdiv(n_keys, want), block_n) * block_n
     return chunk, _cdiv(n_keys, chunk)
 
@@ -498,21 +504,21 @@ def attention_decode(
     chunk, splits, rows, n_part_o, partial_meta, merge_meta = _decode_plan(
         bsz, n_heads, dim, n_kv, n_keys, q.dtype, _sm_count(q.device), n_splits, block_n, num_warps, num_stages
     )
-    if splits == 1:
-        part_o = part_ml = out  # unused by the DIRECT variant
-    else:  # one allocation for both partials: [rows, BLOCK_D] outputs, then [rows, 2] (max, sum)
-        part = torch.empty(n_part_o + 2 * rows, dtype=torch.float32, device=q.device)
-        part_o, part_ml = part[:n_part_o], part[n_part_o:]
+    part = out if splits == 1 else torch.empty(n_part_o + 2 * rows, dtype=torch.float32, device=q.device)
+    qs, ks, vs = q.stride(), k.stride(), v.stride()
+    key = None
+    if not ((q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15):  # out and part are fresh, aligned allocations
+        key = (bsz, n_heads, dim, n_kv, n_keys, q.dtype, k.dtype, v.dtype, qs, ks, vs, q.device.index,
+               n_splits, block_n, num_warps, num_stages)
     _launch(
         _attn_decode_partial_kernel, (bsz * n_kv, splits),
-        (q, k, v, out, part_o, part_ml, n_keys, n_kv, n_heads // n_kv, chunk, splits, float(scaling) * _LOG2E,
-         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-         out.stride(0), out.stride(2)),
-        partial_meta,
+        (q, k, v, out, part, n_part_o, n_keys, n_kv, n_heads // n_kv, chunk, splits, float(scaling) * _LOG2E,
+         qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n_heads * dim, dim),
+        partial_meta, key,
     )
     if splits > 1:
-        _launch(_attn_decode_merge_kernel, (bsz * n_heads,),
-                (part_o, part_ml, out, n_heads, splits, out.stride(0), out.stride(2)), merge_meta)
+        _launch(_attn_decode_merge_kernel, (bsz * n_heads,), (part, out, n_part_o, n_heads, splits, n_heads * dim, dim),
+                merge_meta, key)
     return out
 
 
