@@ -764,6 +764,10 @@ def main(argv=None) -> int:
             print(f"    {v}", flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        out_dir = Path(args.out)  # written after every case: a run stopped at its time limit keeps what it measured
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta["seconds"] = time.monotonic() - t_start
+        (out_dir / "l1_peers.md").write_text(markdown(meta, records, []))
     sweep_rows = []
     if not args.no_sweep and not ops:
         try:
