@@ -86,8 +86,9 @@ class ShapeResult:
     flops_per_s: float | None = None
     roofline_fraction: float | None = None
     compile_cached: bool = False  # baseline_compile_ms read from this GPU's cache, not measured now
-    # Device times (*_ms, above) are medians of per-call device time with the host's launch cost
-    # hidden; wall times are per call issued back to back from Python, launch cost included.
+    # Device times (*_ms, above) are interquartile means (timing.Stats.iqm) of per-call device time
+    # with the host's launch cost hidden; wall times are per call issued back to back from Python,
+    # launch cost included.
     candidate_wall_ms: float | None = None
     baseline_eager_wall_ms: float | None = None
     baseline_compile_wall_ms: float | None = None
@@ -823,14 +824,14 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
         cmp = compare(subjects, sets)
         result.timing = cmp.to_dict()
         result.timing_method = cmp.method
-        result.candidate_ms = cmp.device["candidate"].median
-        result.baseline_eager_ms = cmp.device["eager"].median
-        result.candidate_wall_ms = cmp.wall["candidate"].median
-        result.baseline_eager_wall_ms = cmp.wall["eager"].median
+        result.candidate_ms = cmp.device["candidate"].iqm
+        result.baseline_eager_ms = cmp.device["eager"].iqm
+        result.candidate_wall_ms = cmp.wall["candidate"].iqm
+        result.baseline_eager_wall_ms = cmp.wall["eager"].iqm
         result.launch_bound = cmp.launch_bound("candidate") or cmp.launch_bound("eager")
         if "compile" in cmp.device:
-            result.baseline_compile_ms = cmp.device["compile"].median
-            result.baseline_compile_wall_ms = cmp.wall["compile"].median
+            result.baseline_compile_ms = cmp.device["compile"].iqm
+            result.baseline_compile_wall_ms = cmp.wall["compile"].iqm
             _compile_cache_put(key, result.baseline_compile_ms)
         # Same tensors, new values: a kernel that memoised by address during timing is caught here.
         fresh = build_inputs(spec, shape, dtype, device, 999)
@@ -1016,7 +1017,7 @@ def _unit_one(payload: dict, filename: str, module_name: str) -> dict:
             except _Reject as rej:
                 res.passed, res.reason = False, str(rej)
         cached = " (torch.compile baseline times from this GPU's cache)" if any(r.compile_cached for r in report.shapes) else ""
-        report.timing_note = (f"device time per call (median; GPU held while calls are enqueued, so launch cost "
+        report.timing_note = (f"device time per call (interquartile mean of 200; GPU held while calls are enqueued, so launch cost "
                               f"does not show), baseline and candidate interleaved call by call, L2 flushed, "
                               f"4 rotating input sets, {primary}{cached}; wall time per call beside it; "
                               "roofline vs the measured copy bandwidth (memory-bound) or bf16 matmul (compute-bound)")

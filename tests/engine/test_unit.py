@@ -295,7 +295,8 @@ def test_a_forward_that_blocks_the_host_falls_back_to_per_call_events():
 
 def test_stats_and_rotations():
     s = timing.Stats.of([5, 1, 4, 2, 3])
-    assert (s.median, s.p25, s.p75, s.min, s.max, s.n) == (3, 2, 4, 1, 5, 5)
+    assert (s.median, s.p25, s.p75, s.min, s.max, s.n, s.iqm) == (3, 2, 4, 1, 5, 5, 3)
+    assert timing.Stats.of([1, 2, 3, 100]).iqm == 2.5  # the outer quarters left out
     assert timing.rotations(["a", "b", "c"], 3) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
 
 
@@ -338,3 +339,25 @@ def test_gate_in_one_child_gives_the_verdicts_of_validate_then_unit():
     assert not u.passed and "not unit-tested" in u.error
     v, u = got["crash"]  # validates (construction is fine), dies in forward: the unit test's verdict
     assert v.ok and not u.passed and u.kind == "crash" and "SIGSEGV" in u.error
+
+
+def test_identical_kernels_agree_under_a_coarse_event_timer():
+    import random
+
+    class Coarse(FakeQueue):  # event timestamps in steps of 1.024 us, the device jittering +-0.3 us
+        def __init__(self):
+            super().__init__()
+            self.rng = random.Random(0)
+
+        def launch(self, host, gpu):
+            super().launch(host, gpu + (self.rng.uniform(-3e-4, 3e-4) if gpu else 0.0))
+
+        def event(self):
+            e = super().event()
+            return _Event(round(e.ts / 1.024e-3) * 1.024e-3)
+
+    q = Coarse()
+    cmp = timing.compare({"a": _op(q, 1, 0.01, 0.00307), "b": _op(q, 1, 0.01, 0.00307)}, [()] * 4, q)
+    a, b = cmp.device["a"], cmp.device["b"]
+    assert a.iqm / b.iqm == pytest.approx(1.0, abs=0.03)
+    assert a.iqm == pytest.approx(0.00307, rel=0.1)  # between the timer's steps, where the truth is
