@@ -41,8 +41,8 @@ from fastkernels.bench.unit import precompile_baselines, run_gate, run_unit, run
 from fastkernels.registry.tasks import discover  # noqa: E402
 
 CHEATS = ROOT / "tests" / "engine" / "cheats"
-# A baseline timed against itself must read 1.00 within this (device-time medians of interleaved
-# calls; what is left is the GPU's own jitter and the events' resolution on few-microsecond ops).
+# A baseline timed against itself must read 1.00 within this (device-time interquartile means of
+# interleaved calls; what is left is the GPU's own jitter on few-microsecond ops).
 FAIR_WITHIN = 0.05
 
 
@@ -93,7 +93,7 @@ def markdown(result: dict) -> str:
     md = [f"# Unit-benchmark fairness and anti-cheat on {result['gpu']}", "",
           f"Command: `{result['command']}`  ", f"Model: {result['model']} (full size), torch {result['torch']}  ",
           f"Status: {result['status']} after {result.get('elapsed_s', 0):.0f} s", "",
-          "Device time: median per call with the host's launch cost hidden (GPU held while calls are enqueued), "
+          "Device time: interquartile mean of 200 calls each, the host's launch cost hidden (GPU held while calls are enqueued), "
           "baseline, candidate and torch.compile interleaved call by call, L2 flushed, inputs rotated; IQR in "
           "brackets. Wall: per call issued back to back from Python. Launch-bound: wall > 1.5 x device time "
           "(an eager caller sees the wall ratio).", "",
