@@ -720,6 +720,7 @@ def _e2e_job(payload: dict) -> dict:
         timings_base["baseline_eager_attention"] = asdict(Timing.of(
             runs["eager_attention"], "HF model as loaded for the correctness checks (eager attention)", "eager"))
     else:
+        brackets_left[0] -= 1  # no reference bracket: its share goes to the sets
         tick("baseline timing", f"HF model ({used_attention} attention)")
 
     common = {"weights": loaded.weights, "device": str(device), "dtype": str(loaded.dtype).replace("torch.", ""),
