@@ -290,9 +290,8 @@ def _cmd_check(args) -> int:
     import json
     from pathlib import Path
 
-    from fastkernels.agent.validate import validate_kernel
     from fastkernels.bench.sandbox import cuda_present
-    from fastkernels.bench.unit import run_unit
+    from fastkernels.bench.unit import run_gate
     from fastkernels.errors import UsageError
     from fastkernels.registry.tasks import Workload, check_level, discover
 
@@ -324,12 +323,12 @@ def _cmd_check(args) -> int:
         spec = matches[0]
     where = "GPU" if cuda_present() else "CPU, Triton interpreter, small shapes"
     console.print(f"[bold]{spec.key}[/] {spec.class_name} · {args.model}{' (tiny)' if args.tiny else ''} · {where}")
-    result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=args.cuda_only)
+    # The agent's own gate: validation and the unit benchmark in one sandboxed child.
+    result, report = run_gate(spec, code, seeds=args.seeds, timing=not args.no_timing, cuda_only=args.cuda_only)
     if not result.ok:
         console.print(f"[bold red]invalid[/] ({result.stage}): {result.error}")
         return 1
-    console.print(f"[green]valid[/]: imports and constructs ({result.seconds:.1f} s)")
-    report = run_unit(spec, code, seeds=args.seeds, timing=not args.no_timing, cuda_only=args.cuda_only)
+    console.print("[green]valid[/]: imports and constructs")
     timed = any(s.candidate_ms is not None for s in report.shapes)
     table = Table(title=f"unit test · {report.device}")
     cols = ["shape", "dtype", "verdict", "max err/rms"]

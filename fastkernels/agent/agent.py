@@ -276,22 +276,26 @@ class Agent:
         return OpStatus.APPROVED if self.config.auto_approve else OpStatus.PENDING_REVIEW
 
     def _check(self, state: OpState, code: str) -> tuple[bool, str | None, str]:
-        """Validate, then unit-test unless skipped. Returns (passed, error, stage)."""
-        from fastkernels.agent.validate import validate_kernel
-
+        """Validate, then unit-test unless skipped, in one sandboxed child holding one GPU.
+        Returns (passed, error, stage)."""
         spec = state.spec
-        result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
+        report = None
+        if self.config.skip_unit_tests:
+            from fastkernels.agent.validate import validate_kernel
+
+            result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
+        else:
+            from fastkernels.bench.unit import run_gate
+
+            with self.gpus.acquire() as gpu:
+                result, report = run_gate(spec, code, cuda_only=self.config.cuda_only, gpu=gpu)
         if not result.ok:
             return False, result.error, result.stage
         self._set(state, OpStatus.VALID)
         state.code = code
         self._save(state)
-        if self.config.skip_unit_tests:
+        if report is None:
             return True, None, "validate"
-        from fastkernels.bench.unit import run_unit
-
-        with self.gpus.acquire() as gpu:
-            report = run_unit(spec, code, cuda_only=self.config.cuda_only, gpu=gpu)
         data = report.to_dict()
         state.unit = data
         if data.get("ceilings"):
