@@ -55,6 +55,11 @@ NOISE_MULTIPLE = 2.0
 # Below this relative logit error two models agree whatever the floor (the floor of a tiny model
 # in fp32 can be ~1e-7; a correct kernel that reorders a sum is not 2x that).
 ABS_ERROR_FLOOR = 1e-3
+# Under the Triton interpreter (CPU) an fp32 -> bf16 cast truncates instead of rounding to
+# nearest: measured on 4096 N(0, 9) values, 51% of casts differ and the mean cast error is 2.03x
+# round-to-nearest's (0.0070 vs 0.0034). Every bf16 store of a kernel carries that, so a correct
+# kernel's model-level error doubles there; the allowed multiple doubles with it, on CPU only.
+INTERPRETER_CAST_FACTOR = 2.0
 SHADOW_DECODE_STEPS = 2
 CPU_TIMING_NOTE = "CPU run: timings are not meaningful (Triton kernels run under the interpreter)"
 
@@ -438,9 +443,10 @@ def _judge(r: E2EReport) -> None:
     if r.has_nan:
         reasons.append("NaN/Inf in the patched model's logits")
     if r.logit_rel_error is not None and r.logit_rel_error_noise is not None:
-        limit = max(NOISE_MULTIPLE * r.logit_rel_error_noise, ABS_ERROR_FLOOR)
+        multiple = NOISE_MULTIPLE * (INTERPRETER_CAST_FACTOR if "cuda" not in r.device else 1.0)
+        limit = max(multiple * r.logit_rel_error_noise, ABS_ERROR_FLOOR)
         if not r.logit_rel_error <= limit:
-            reasons.append(f"logit error {r.logit_rel_error:.3g} above {NOISE_MULTIPLE:g}x the noise floor "
+            reasons.append(f"logit error {r.logit_rel_error:.3g} above {multiple:g}x the noise floor "
                            f"({r.logit_rel_error_noise:.3g})")
     elif not r.error:
         reasons.append("no model-level measurement")
