@@ -394,6 +394,12 @@ class Agent:
             self._set(state, OpStatus.INVALID if stage != "unit" else OpStatus.FAILED)
             state.code = new_code
             self._save(state)
+            if state.origin == "baseline":
+                # The backend has no kernel for this op and sent the baseline back: asking again
+                # returns the same file, so more attempts cannot help.
+                state.last_error = f"{self.backend.label} has no kernel for {spec.key}; the baseline came back. {err}"
+                self.emit(ev.Message(text=f"{op}: {self.backend.label} has no kernel for {spec.key}", level="warning"))
+                break
         if state.status not in (*ACCEPTED, OpStatus.REJECTED):
             self._set(state, OpStatus.FAILED if state.code else OpStatus.INVALID)
             self._save(state)

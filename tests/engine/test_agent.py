@@ -256,3 +256,16 @@ def test_cancel_stops_a_stream_in_flight(tmp_path):
     assert not worker.is_alive() and time.time() - t0 < 8, "cancel must stop the 20 s stream"
     state = agent.states["rms_norm"]
     assert state.attempt == 1 and "cancelled" in (state.last_error or "")
+
+
+def test_no_library_kernel_stops_after_one_attempt(tmp_path):
+    """The library backend sends the baseline back for an op it has no kernel for; that fails the
+    gate (no kernel of its own) and asking again cannot help."""
+    rec = ev.Recorder()
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm"], e2e=False,
+                              out_dir=tmp_path / "out"), sink=rec, backend=SlowBackend(0.1))
+    agent.discover()
+    state = agent.generate_op("rms_norm")
+    assert state.attempt == 1 and state.status == OpStatus.FAILED
+    assert "has no kernel for L1/rms_norm" in state.last_error
+    assert any("has no kernel" in m.text for m in rec.of(ev.Message))
