@@ -8,6 +8,8 @@ The normalised value is cast to the input dtype BEFORE the weight multiply, as t
 Launch shapes as in rms_norm.py: one tile per program, or persistent programs whose next tiles are
 prefetched into shared memory (cp.async); a bounded autotune (4 configs) picks on the GPU for
 prefill-sized inputs, decode-sized ones take the one-tile-per-program launch untuned.
+H100 (CUDA-graph GPU time): 50.5 us at Llama prefill (88% of the 1 GiB copy rate; torch's copy of
+the same 128 MiB: 50.1 us), Liger 50.7, torch.compile 51.7 us.
 """
 
 import functools
@@ -77,8 +79,8 @@ def _tile_m(n_cols: int, n_rows: int, tile: int = 4096) -> int:
     return max(1, min(tile // _p2(n_cols), _p2(max(n_rows, 1))))
 
 
-# Two operands in flight per thread instead of one; the same launch shapes as rms_norm.py
-# (sm_90 SASS: LDG.E.128 / STG.E.128, 40 registers at 8 warps, no spills).
+# Two operands in flight per thread instead of one; the same launch shapes as rms_norm.py.
+# H100, Llama prefill: 50.5-50.7 / 52.4 / 51.2 / 52.6 us in this order.
 _CONFIGS = [
     triton.Config({"CTAS_PER_SM": 0, "STAGES": 1, "TILE": 4096}, num_warps=8),
     triton.Config({"CTAS_PER_SM": 8, "STAGES": 2, "TILE": 4096}, num_warps=4),

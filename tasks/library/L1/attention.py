@@ -11,14 +11,20 @@ blocks first (the last rows see the most keys), so the grid's tail is made of sh
 Hopper, K and V tiles arrive through TMA descriptors (UTMALDG + mbarrier waits in the sm_90 SASS,
 157 registers instead of 186 for cp.async pointer loads) and both dots are wgmma (HGMMA.64xNx16);
 a bounded autotune (4 configs) picks the tile shape per head dim and length bucket.
-Llama-3.1-8B, 4096 tokens: 137 GFLOP of useful work, ~0.3 ms at ~450 TFLOP/s of dense bf16 MMA.
+Llama-3.1-8B, 4096 tokens: 137 GFLOP of useful work. Measured on an H100 (CUDA-graph GPU time):
+281 us (489 TFLOP/s) against SDPA's flash backend 498 us and SDPA's default choice 260 us; error
+against an fp32 reference the same as SDPA flash's (relative Frobenius 2.05e-3; HF eager bf16
+4.8e-3), for every config with and without TMA. The (64, 64, 4 warps) config with TMA is the
+fastest (284 us; 338 us without TMA; the 128-row configs 327-355 us).
 
 Decode (S = 1): flash-decoding. One token per sequence gives one query row per head: far too
 little work for 132 SMs if each head streamed its whole 4096-token cache alone. The cache is split
 into chunks; one program per (sequence, KV head, chunk) loads the chunk's K and V ONCE for all
 Hq/Hkv query heads of the group (packed as the rows of a 16-row tile, so the dots run on tensor
 cores), and writes a partial (max, sum, unnormalised output); a second small launch merges the
-partials. Bytes: K+V of 4096 x 8 heads x 128 bf16 = 16 MiB, ~5.5 us at ~3 TB/s.
+partials. Bytes: K+V of 4096 x 8 heads x 128 bf16 = 16 MiB, ~5.5 us at ~3 TB/s. Measured on an
+H100 as a CUDA graph (whose launch alone costs ~5-6 us): 16.2 us against SDPA's 18.0 us at Llama
+decode, 16.1 us against 15.5 us at Qwen2.5-7B (7 query heads per kv head).
 
 Numerics as HF eager: scores in fp32 (eager rounds them to bf16 first; this is closer to exact),
 softmax in fp32, probabilities cast to q's dtype before the multiply with v, fp32 accumulation.

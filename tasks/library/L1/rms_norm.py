@@ -11,8 +11,13 @@ the width and the power-of-two row count) for prefill-sized inputs:
 - persistent: a few programs per SM walk the row tiles, and Triton's pipeliner prefetches the next
   tiles into shared memory (cp.async, `num_stages` deep) while the current one is reduced and
   stored, so each SM keeps a steady stream of loads in flight and no wave tail.
-A one-row-per-program kernel of this kind measured 1.48 TB/s at Llama prefill in issue 11 (Liger);
-which shape wins at 3 TB/s is the GPU's call. Decode-sized inputs (a few rows) skip the tuner.
+Decode-sized inputs (a few rows) skip the tuner; the tuner's pick is remembered per width and row
+bucket and launched directly after the first call.
+
+Measured on an H100 (CUDA-graph GPU time, L2 flushed; benchmarks/results/l1_peers): every launch
+shape lands within 28.0-30.2 us at 4096 x 4096 bf16 (~79% of the 1 GiB copy rate), the time torch's
+own copy of the same 64 MiB takes (28.2 us); Liger 29.0-29.2 us, torch.compile 28.9 us. The shapes
+differ by less than the run-to-run spread, so the tuner's choice barely matters here.
 """
 
 import functools
@@ -81,7 +86,8 @@ def _tile_m(n_cols: int, n_rows: int, tile: int = 4096) -> int:
 
 
 # The launch shapes (see the module docstring) the bounded autotune picks from for prefill-sized
-# inputs. TILE is the elements per program step (BLOCK_M = TILE // row width).
+# inputs. TILE is the elements per program step (BLOCK_M = TILE // row width). H100, Llama prefill:
+# 28.3 / 28.8 / 28.7 / 30.2 us in this order; Qwen3 qk-norm (128 wide): 28.3-29.7 us for all.
 _CONFIGS = [
     triton.Config({"CTAS_PER_SM": 0, "STAGES": 1, "TILE": 4096}, num_warps=8),
     triton.Config({"CTAS_PER_SM": 8, "STAGES": 2, "TILE": 8192}, num_warps=4),
