@@ -6,6 +6,7 @@ packages (the cockpit's `tui`) come in through the `fastkernels.commands` entry-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -15,6 +16,8 @@ from rich.table import Table
 from fastkernels.errors import FastKernelsError
 
 console = Console(highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:  # piped into a log: no 80-column squeeze
+    console.width = 160
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"

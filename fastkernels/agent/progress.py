@@ -26,9 +26,11 @@ class LiveProgress:
         self._live: Live | None = None
 
     def __enter__(self):
-        self._live = Live(self._render(), console=self.console, refresh_per_second=4,
-                          get_renderable=self._render, transient=False)
-        self._live.__enter__()
+        # A live table needs a terminal; piped into a log, one line per step instead.
+        if self.console.is_terminal:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
+                              get_renderable=self._render, transient=False)
+            self._live.__enter__()
         return self
 
     def __exit__(self, *exc):
@@ -39,6 +41,10 @@ class LiveProgress:
         return self.rows.setdefault(op, {"stage": "pending", "attempt": 0, "chars": 0, "t0": time.time(), "note": ""})
 
     def __call__(self, event: ev.Event) -> None:
+        if self._live is None and not isinstance(event, ev.TextDelta):
+            line = _plain_line(event)
+            if line:
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
         with self._lock:
             if isinstance(event, ev.Discovered):
                 for op in event.ops:
@@ -77,6 +83,31 @@ class LiveProgress:
                 table.add_row(op, r["stage"], str(r["attempt"] or ""), f"{r['chars'] // 4} tok" if r["chars"] else "",
                               r["note"])
             return table
+
+
+def _plain_line(event: ev.Event) -> str | None:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.ts))
+    op = getattr(event, "op", "")
+    if isinstance(event, ev.GenerationStarted):
+        return f"{stamp} {op}: generating, attempt {event.attempt} ({event.backend})"
+    if isinstance(event, ev.GenerationFinished):
+        what = f"{event.output_tokens} tokens in {event.seconds:.1f} s" if event.code else f"no code: {event.error}"
+        return f"{stamp} {op}: generated, {what}"
+    if isinstance(event, ev.ValidationFailed):
+        return f"{stamp} {op}: failed {event.stage}: {event.error.splitlines()[0] if event.error else ''}"
+    if isinstance(event, ev.UnitResult):
+        return f"{stamp} {op}: unit benchmark {'passed' if event.passed else 'FAILED'}"
+    if isinstance(event, ev.KernelSaved):
+        return f"{stamp} {op}: saved {event.path} ({event.status})"
+    if isinstance(event, ev.KernelBlamed):
+        return f"{stamp} {op}: blamed end to end: {event.reason}"
+    if isinstance(event, ev.E2EProgress):
+        return f"{stamp} end to end: {event.stage} {event.done}/{event.total} {event.detail}".rstrip()
+    if isinstance(event, ev.E2EResult):
+        return f"{stamp} end to end: {'PASS' if event.passed else 'FAIL'}"
+    if isinstance(event, ev.Message):
+        return f"{stamp} {event.level}: {event.text}"
+    return None
 
 
 def summary_table(summary: dict) -> Table:
