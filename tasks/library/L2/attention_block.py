@@ -105,6 +105,44 @@ def rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight, eps
     return out
 
 
+def causal_mask(s: int, past: int, device) -> torch.Tensor:
+    """[S, P+S] boolean, True where new token i may see key j: j <= P + i (bottom-right aligned)."""
+    query_pos = torch.arange(past, past + s, device=device)[:, None]
+    return torch.arange(past + s, device=device)[None, :] <= query_pos
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float, sdpa: bool) -> torch.Tensor:
+    """Causal (bottom-right) grouped-query attention of q [B, Hq, S, D] over keys/values
+    [B, Hkv, P+S, D] -> [B, Hq, S, D].
+
+    sdpa=True (CUDA): F.scaled_dot_product_attention (fused flash / memory-efficient kernels). Its
+    is_causal mask is aligned top-left; with no past (P = 0) that is the same mask, one new token
+    (decode) sees every key and needs none, anything else gets the explicit boolean mask.
+    sdpa=False (CPU): the eager computation with eager's rounding points (scores rounded to the
+    activations' dtype, softmax in fp32, probabilities rounded back), so a CPU run reproduces the
+    reference model's tokens; SDPA's fused kernels keep the scores in fp32, which is more accurate
+    but can flip a near-tied greedy token of a tiny random-weight model."""
+    s, length = q.shape[2], keys.shape[2]
+    past = length - s
+    hq, hkv = q.shape[1], keys.shape[1]
+    if sdpa:
+        if past == 0 and s > 1:
+            mask, causal = None, True
+        elif s == 1:
+            mask, causal = None, False
+        else:
+            mask, causal = causal_mask(s, past, q.device), False
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, scale=scaling,
+                                              enable_gqa=hq != hkv)
+    b, d = q.shape[0], q.shape[3]
+    # group the query heads by their kv head: [B, Hkv, rep*S, D] against [B, Hkv, P+S, D], no copy of the cache
+    qg = q.reshape(b, hkv, (hq // hkv) * s, d)
+    scores = torch.matmul(qg, keys.transpose(2, 3)).view(b, hq, s, length) * scaling
+    scores = scores.masked_fill(~causal_mask(s, past, q.device), torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs.view(b, hkv, (hq // hkv) * s, length), values).view(b, hq, s, d)
+
+
 class RMSNorm(nn.Module):
     """Qwen3's per-head q/k norm weight (applied inside the rotary kernel)."""
 
@@ -156,16 +194,6 @@ class AttentionBlock(nn.Module):
         past = past_key.shape[2]
         keys = torch.cat([past_key, k], dim=2) if past else k
         values = torch.cat([past_value, v], dim=2) if past else v
-        if past == 0 and s > 1:
-            mask, causal = None, True
-        elif s == 1:
-            mask, causal = None, False
-        else:
-            query_pos = torch.arange(past, past + s, device=q.device)[:, None]
-            key_pos = torch.arange(past + s, device=q.device)[None, :]
-            mask, causal = key_pos <= query_pos, False
-        gqa = hq != hkv
-        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
-                                              scale=self.scaling, enable_gqa=gqa)  # [B, Hq, S, D]
+        attn = attend(q, keys, values, self.scaling, sdpa=q.is_cuda)  # [B, Hq, S, D]
         attn = attn.transpose(1, 2).reshape(b, s, hq * d)
         return F.linear(attn, self.o_proj.weight, self.o_proj.bias), k, v

@@ -24,6 +24,18 @@ from torch.nn import functional as F
 
 
 @triton.jit
+def _rnd(x, dt: tl.constexpr):
+    """fp32 x rounded to dtype dt (round to nearest even), returned as fp32. For bf16 the rounding
+    is done on the bits, so the Triton interpreter (whose casts truncate) rounds as the GPU does."""
+    if dt == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dt).to(tl.float32)
+
+
+@triton.jit
 def _route_kernel(logits_ptr, w_ptr, idx_ptr, n_experts, stride, TOP_K: tl.constexpr,
                   BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
@@ -58,7 +70,7 @@ def _silu_and_mul_kernel(gu_ptr, out_ptr, n_cols, gu_stride, BLOCK: tl.constexpr
     g = tl.load(gu_ptr + row * gu_stride + offs, mask=m, other=0.0)
     u = tl.load(gu_ptr + row * gu_stride + n_cols + offs, mask=m, other=0.0).to(tl.float32)
     gf = g.to(tl.float32)
-    s = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)  # silu rounded as eager rounds it
+    s = _rnd(gf / (1.0 + tl.exp(-gf)), g.dtype)  # silu rounded as eager rounds it
     tl.store(out_ptr + row * n_cols + offs, (s * u).to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -74,8 +86,8 @@ def _combine_kernel(y_ptr, rows_ptr, w_ptr, out_ptr, hidden, TOP_K: tl.constexpr
         r = tl.load(rows_ptr + t * TOP_K + k)
         w = tl.load(w_ptr + t * TOP_K + k).to(tl.float32)
         y = tl.load(y_ptr + r * hidden + offs, mask=m, other=0.0).to(tl.float32)
-        c = (y * w).to(out_ptr.dtype.element_ty).to(tl.float32)
-        acc = (acc + c).to(out_ptr.dtype.element_ty).to(tl.float32)
+        c = _rnd(y * w, out_ptr.dtype.element_ty)
+        acc = _rnd(acc + c, out_ptr.dtype.element_ty)
     tl.store(out_ptr + t * hidden + offs, acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
