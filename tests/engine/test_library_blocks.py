@@ -1,0 +1,133 @@
+"""The block-level kernel library (tasks/library/L2..L4): each file computes what its baseline
+computes, with the baseline's parameter names, output structure and layout, on the tiny configs'
+named shapes (prefill with no past, decode over a cache) in bf16 and fp32; launches a Triton
+kernel of its own (the agent's gate); and a model patched with the L2 library keeps the baseline's
+greedy tokens end to end.
+
+One family per operator per dtype (the one with the most features: Qwen3's qk-norm for attention,
+Qwen3-MoE's rounded routing weights for MoE, Mixtral for the rest); every family was run by hand
+through run_gate. Tolerances: fastkernels.bench.unit.TOLERANCES (one definition), against the
+baseline in the same dtype. Library files are ours, so they are imported in-process here (candidates
+only ever run in a child); the gate and the end-to-end check run them in their sandboxed children.
+"""
+
+import os
+
+import pytest
+import torch
+
+from fastkernels.bench.unit import TOLERANCES
+from fastkernels.models.catalog import known_models, resolve
+from fastkernels.registry import build_spec, load_task
+from fastkernels.registry.tasks import build_baseline, build_inputs, library_dir, load_module
+
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRETING else "cpu")
+MODEL_OF_FAMILY = {}
+for _m in known_models():
+    MODEL_OF_FAMILY.setdefault(resolve(_m).family, _m)
+
+# (level, op, family)
+CASES = [
+    (2, "attention_block", "qwen3"),
+    (2, "mlp_block", "llama"),
+    (2, "moe_block", "qwen3_moe"),
+]
+CASES = [c for c in CASES if (library_dir(c[0]) / f"{c[1]}.py").is_file()]
+
+
+def lib(level: int, op: str):
+    return load_module(library_dir(level) / f"{op}.py", name=f"fk_library_L{level}_{op}")
+
+
+def _flat(out):
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flat(o)]
+    return [out]
+
+
+def assert_matches(ours, ref, what: str):
+    """Same structure, shapes, dtypes and strides; finite; within the dtype's tolerance."""
+    ours, ref = _flat(ours), _flat(ref)
+    assert len(ours) == len(ref), what
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        tag = f"{what} output {i}"
+        assert a.shape == b.shape and a.dtype == b.dtype, (tag, a.shape, b.shape, a.dtype, b.dtype)
+        assert [s for s, n in zip(a.stride(), a.shape) if n > 1] == [s for s, n in zip(b.stride(), b.shape) if n > 1], \
+            (tag, a.stride(), b.stride())
+        a, b = a.float(), b.float()
+        assert torch.isfinite(a).all(), f"{tag}: NaN/Inf"
+        assert b.abs().max() > 0, f"{tag}: all-zero reference proves nothing"
+        tol = TOLERANCES[str(ours[i].dtype).replace("torch.", "")]
+        bound = tol.atol * b.pow(2).mean().sqrt() + tol.rtol * b.abs()
+        worst = ((a - b).abs() / bound).max().item()
+        assert worst <= 1.0, f"{tag}: off by {(a - b).abs().max().item():.3g} ({worst:.2f}x the {tol} bound)"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("level,op,family", CASES, ids=[f"L{lv}-{op}-{f}" for lv, op, f in CASES])
+def test_library_block_matches_baseline(level, op, family, dtype):
+    spec = build_spec(level, op, MODEL_OF_FAMILY[family], tiny=True)
+    cls = getattr(lib(level, op), spec.class_name)
+    for shape in spec.shapes:
+        base = build_baseline(spec, shape, dtype, DEVICE, seed=0)
+        ours = cls(**spec.init_args_for(shape)).to(DEVICE, dtype)
+        ours.load_state_dict(base.state_dict())  # strict: the same names both ways
+        assert set(ours.state_dict()) == set(base.state_dict())
+        inputs = build_inputs(spec, shape, dtype, DEVICE, seed=5)
+        saved = [x.clone() for x in inputs]
+        with torch.no_grad():
+            got, want = ours(*inputs), base(*inputs)
+        assert all(torch.equal(x, keep) for x, keep in zip(inputs, saved)), f"{op} {shape}: input modified"
+        assert_matches(got, want, f"L{level} {op} {family} {shape} {dtype}")
+
+
+@pytest.mark.parametrize("sdpa", [False, True], ids=["eager", "sdpa"])
+def test_attention_bottom_right_mask_with_past_and_several_new_tokens(sdpa):
+    """P > 0 and S > 1 (chunked prefill, speculative decode) - the case the registry's shapes do not
+    reach, where SDPA's top-left is_causal would be wrong - on both attention paths."""
+    m = lib(2, "attention_block")
+    base_cls = load_task(2, "attention_block").AttentionBlock
+    b, hq, hkv, s, p, d = 2, 4, 2, 3, 5, 16
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(b, hq, s, d, generator=g)
+    keys, values = torch.randn(b, hkv, p + s, d, generator=g), torch.randn(b, hkv, p + s, d, generator=g)
+    base = base_cls(hq * d, hq, hkv, d, 1e-6, False, False)
+    scores = torch.matmul(q, base.repeat_kv(keys).transpose(2, 3)) * d**-0.5
+    allowed = torch.arange(p + s)[None, :] <= torch.arange(p, p + s)[:, None]  # new token i sees keys 0..P+i
+    want = torch.matmul(torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1), base.repeat_kv(values))
+    got = m.attend(q, keys, values, d**-0.5, sdpa=sdpa)
+    assert_matches(got, want, f"attend sdpa={sdpa}")
+    # the top-left mask (what is_causal=True gives) is a different answer: the check can tell
+    wrong = torch.nn.functional.scaled_dot_product_attention(q, base.repeat_kv(keys), base.repeat_kv(values),
+                                                             is_causal=True)
+    assert (wrong - want).abs().max() > 0.1
+
+
+def test_gate_accepts_the_moe_block():
+    """The agent's gate (validation + unit check in the sandbox): our own Triton kernels ran."""
+    from fastkernels.bench.unit import run_gate
+
+    spec = build_spec(2, "moe_block", MODEL_OF_FAMILY["mixtral"], tiny=True)
+    verdict, report = run_gate(spec, (library_dir(2) / "moe_block.py").read_text(), timing=False)
+    assert verdict.ok, verdict
+    assert report.passed, report.failure_message()
+    assert {(s.shape, s.dtype) for s in report.shapes if s.passed} == {
+        (sh, dt) for sh in spec.shapes for dt in ("bfloat16", "float32")}
+
+
+@pytest.mark.parametrize("model,ops", [
+    ("mistralai/Mixtral-8x7B-Instruct-v0.1", ["attention_block", "moe_block"]),
+    ("meta-llama/Llama-3.1-8B-Instruct", ["attention_block", "mlp_block"]),
+], ids=["mixtral", "llama"])
+def test_l2_library_end_to_end(model, ops):
+    from fastkernels.bench.e2e import run_benchmark
+
+    cands = {op: (library_dir(2) / f"{op}.py").read_text() for op in ops}
+    r = run_benchmark(model, 2, candidates=cands, tiny=True, compile_baseline=False)
+    assert r.passed, r.verdict
+    assert r.shadow["passed"] and {o["op"] for o in r.shadow["ops"]} == {f"L2/{op}" for op in ops}
+    assert r.token_match_noise == 1.0  # the baseline in fp32 keeps every token: so must we
+    assert r.token_match == 1.0, r.verdict
