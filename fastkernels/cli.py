@@ -16,8 +16,6 @@ from rich.table import Table
 from fastkernels.errors import FastKernelsError
 
 console = Console(highlight=False)
-if not console.is_terminal and "COLUMNS" not in os.environ:  # piped into a log: no 80-column squeeze
-    console.width = 160
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -398,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Piped into a log, rich would squeeze tables into 80 columns; COLUMNS still wins when set.
+    console.width = 160 if not console.is_terminal and "COLUMNS" not in os.environ else None
     args = build_parser().parse_args(argv)
     try:
         _apply_tracking_args(args)
