@@ -35,7 +35,7 @@ def _silu_and_mul_kernel(gate_ptr, up_ptr, out_ptr, n, BLOCK: tl.constexpr):
     u = tl.load(up_ptr + offs, mask=m, other=0.0).to(tl.float32)
     gf = g.to(tl.float32)
     s = _rnd(gf / (1.0 + tl.exp(-gf)), g.dtype)
-    tl.store(out_ptr + offs, (s * u).to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + offs, _rnd(s * u, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty), mask=m)
 
 
 def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

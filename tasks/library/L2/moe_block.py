@@ -71,7 +71,8 @@ def _silu_and_mul_kernel(gu_ptr, out_ptr, n_cols, gu_stride, BLOCK: tl.constexpr
     u = tl.load(gu_ptr + row * gu_stride + n_cols + offs, mask=m, other=0.0).to(tl.float32)
     gf = g.to(tl.float32)
     s = _rnd(gf / (1.0 + tl.exp(-gf)), g.dtype)  # silu rounded as eager rounds it
-    tl.store(out_ptr + row * n_cols + offs, (s * u).to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + row * n_cols + offs, _rnd(s * u, out_ptr.dtype.element_ty).to(out_ptr.dtype.element_ty),
+             mask=m)
 
 
 @triton.jit
