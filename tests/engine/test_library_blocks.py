@@ -4,9 +4,9 @@ named shapes (prefill with no past, decode over a cache) in bf16 and fp32; launc
 kernel of its own (the agent's gate); and a model patched with the L2 library keeps the baseline's
 greedy tokens end to end.
 
-One family per operator per dtype (the one with the most features: Qwen3's qk-norm for attention,
-Qwen3-MoE's rounded routing weights for MoE, Mixtral for the rest); every family was run by hand
-through run_gate. Tolerances: fastkernels.bench.unit.TOLERANCES (one definition), against the
+One family per operator per dtype (one with a feature the others lack: Qwen3's qk-norm for
+attention, Qwen3-MoE's rounded routing weights for MoE, Qwen2's q/k/v biases for the dense layer);
+every family was run by hand through run_gate and the end-to-end check. Tolerances: fastkernels.bench.unit.TOLERANCES (one definition), against the
 baseline in the same dtype. Library files are ours, so they are imported in-process here (candidates
 only ever run in a child); the gate and the end-to-end check run them in their sandboxed children.
 """
@@ -34,6 +34,9 @@ CASES = [
     (2, "attention_block", "qwen3"),
     (2, "mlp_block", "llama"),
     (2, "moe_block", "qwen3_moe"),
+    (3, "decoder_layer", "qwen2"),
+    (3, "moe_decoder_layer", "mixtral"),
+    (4, "causal_lm", "llama"),
 ]
 CASES = [c for c in CASES if (library_dir(c[0]) / f"{c[1]}.py").is_file()]
 
@@ -77,41 +80,43 @@ def test_library_block_matches_baseline(level, op, family, dtype):
         ours.load_state_dict(base.state_dict())  # strict: the same names both ways
         assert set(ours.state_dict()) == set(base.state_dict())
         inputs = build_inputs(spec, shape, dtype, DEVICE, seed=5)
-        saved = [x.clone() for x in inputs]
+        saved = [t.clone() for t in _flat(list(inputs)) if isinstance(t, torch.Tensor)]
         with torch.no_grad():
             got, want = ours(*inputs), base(*inputs)
-        assert all(torch.equal(x, keep) for x, keep in zip(inputs, saved)), f"{op} {shape}: input modified"
+        now = [t for t in _flat(list(inputs)) if isinstance(t, torch.Tensor)]
+        assert all(torch.equal(x, keep) for x, keep in zip(now, saved)), f"{op} {shape}: input modified"
         assert_matches(got, want, f"L{level} {op} {family} {shape} {dtype}")
 
 
 @pytest.mark.parametrize("sdpa", [False, True], ids=["eager", "sdpa"])
-def test_attention_bottom_right_mask_with_past_and_several_new_tokens(sdpa):
-    """P > 0 and S > 1 (chunked prefill, speculative decode) - the case the registry's shapes do not
-    reach, where SDPA's top-left is_causal would be wrong - on both attention paths."""
+def test_attention_mask_is_bottom_right_on_both_paths(sdpa):
+    """Prefill (P = 0), decode (S = 1) and P > 0 with S > 1 (chunked prefill: the case the registry's
+    shapes do not reach, where SDPA's top-left is_causal would be wrong), on both attention paths
+    (the SDPA one is what CUDA runs; forced here on the CPU)."""
     m = lib(2, "attention_block")
-    base_cls = load_task(2, "attention_block").AttentionBlock
-    b, hq, hkv, s, p, d = 2, 4, 2, 3, 5, 16
+    base = load_task(2, "attention_block").AttentionBlock(64, 4, 2, 16, 1e-6, False, False)
+    b, hq, hkv, d = 2, 4, 2, 16
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(b, hq, s, d, generator=g)
-    keys, values = torch.randn(b, hkv, p + s, d, generator=g), torch.randn(b, hkv, p + s, d, generator=g)
-    base = base_cls(hq * d, hq, hkv, d, 1e-6, False, False)
-    scores = torch.matmul(q, base.repeat_kv(keys).transpose(2, 3)) * d**-0.5
-    allowed = torch.arange(p + s)[None, :] <= torch.arange(p, p + s)[:, None]  # new token i sees keys 0..P+i
-    want = torch.matmul(torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1), base.repeat_kv(values))
-    got = m.attend(q, keys, values, d**-0.5, sdpa=sdpa)
-    assert_matches(got, want, f"attend sdpa={sdpa}")
-    # the top-left mask (what is_causal=True gives) is a different answer: the check can tell
-    wrong = torch.nn.functional.scaled_dot_product_attention(q, base.repeat_kv(keys), base.repeat_kv(values),
-                                                             is_causal=True)
-    assert (wrong - want).abs().max() > 0.1
+    for p, s in [(0, 4), (5, 1), (5, 3)]:
+        q = torch.randn(b, hq, s, d, generator=g)
+        keys, values = torch.randn(b, hkv, p + s, d, generator=g), torch.randn(b, hkv, p + s, d, generator=g)
+        scores = torch.matmul(q, base.repeat_kv(keys).transpose(2, 3)) * d**-0.5
+        allowed = torch.arange(p + s)[None, :] <= torch.arange(p, p + s)[:, None]  # token i sees keys 0..P+i
+        want = torch.matmul(torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1), base.repeat_kv(values))
+        assert_matches(m.attend(q, keys, values, d**-0.5, sdpa=sdpa), want, f"attend sdpa={sdpa} P={p} S={s}")
+        if p and s > 1:  # the top-left mask (is_causal=True) is a different answer: the check can tell
+            wrong = torch.nn.functional.scaled_dot_product_attention(q, base.repeat_kv(keys), base.repeat_kv(values),
+                                                                     is_causal=True)
+            assert (wrong - want).abs().max() > 0.1
 
 
-def test_gate_accepts_the_moe_block():
-    """The agent's gate (validation + unit check in the sandbox): our own Triton kernels ran."""
+def test_gate_accepts_a_library_block():
+    """The agent's gate (static checks, then the unit check in the sandbox, which requires a Triton
+    launch of the candidate's own): what `--llm-model library` serves gets through it."""
     from fastkernels.bench.unit import run_gate
 
-    spec = build_spec(2, "moe_block", MODEL_OF_FAMILY["mixtral"], tiny=True)
-    verdict, report = run_gate(spec, (library_dir(2) / "moe_block.py").read_text(), timing=False)
+    spec = build_spec(2, "mlp_block", MODEL_OF_FAMILY["llama"], tiny=True)
+    verdict, report = run_gate(spec, (library_dir(2) / "mlp_block.py").read_text(), timing=False)
     assert verdict.ok, verdict
     assert report.passed, report.failure_message()
     assert {(s.shape, s.dtype) for s in report.shapes if s.passed} == {
