@@ -84,6 +84,9 @@ def main() -> int:
              "| operator | status | attempts | best speedup |", "|---|---|---|---|"]
     for name, (status, attempt, speed) in r["views"].items():
         lines.append(f"| {name} | {status} | {attempt} | {f'{speed:.2f}x' if speed else '-'} |")
+    e2e = r["e2e"] or {}
+    lines += ["", f"End to end (the run's own benchmark, {e2e.get('device', '-')}): "
+              f"{'PASS' if e2e.get('passed') else 'FAIL'} · {e2e.get('verdict', 'not run')}"]
     lines += ["", "Status pane at the end:", "", *[f"    {line}" for line in r["log"][-8:]], "",
               "Screenshots: stream.svg, unit.svg, e2e.svg"]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -119,7 +119,13 @@ def _cmd_agent(args) -> int:
     with progress:
         summary = agent.run()
     console.print(summary_table(summary))
+    if summary.get("e2e"):
+        from fastkernels.bench.e2e import E2EReport, report_renderables
+
+        for part in report_renderables(E2EReport.from_dict(summary["e2e"]))[:-1]:  # the verdict: next line
+            console.print(part)
     console.print(e2e_line(summary.get("e2e")))
+    console.print(f"saved: {agent.summary_path()}")
     return 0 if summary["passing"] == summary["total"] and (not summary.get("e2e") or summary["e2e"].get("passed")) else 1
 
 

@@ -445,6 +445,8 @@ class Agent:
                                tiny=self.config.tiny, sink=self.sink, **kwargs)
         data = report.to_dict()
         self.e2e_report = data
+        _atomic_write(self.config.out_dir / f"L{self.config.level}" / "e2e.json",
+                      json.dumps(data, indent=2, default=str))
         self._track().log_e2e(data)
         return data
 
@@ -492,10 +494,15 @@ class Agent:
                 interrupted = True
                 self.cancel()
             summary = self.summary()
+            _atomic_write(self.summary_path(), json.dumps(summary, indent=2, default=str))
             tracker.log_metrics({"kernels_passing": summary["passing"], "kernels_total": summary["total"]})
             tracker.set_status("interrupted" if interrupted else "finished")
         self.emit(ev.RunFinished(summary=summary, interrupted=interrupted))
         return summary
+
+    def summary_path(self) -> Path:
+        """Where the run's summary (every operator's outcome and the end-to-end report) is kept."""
+        return self.config.out_dir / f"L{self.config.level}" / "summary.json"
 
     def summary(self) -> dict:
         rows = []

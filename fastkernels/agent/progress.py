@@ -128,8 +128,9 @@ def summary_table(summary: dict) -> Table:
 
 
 def e2e_line(report: dict | None) -> str:
+    """One line: the end-to-end verdict with the figures it rests on (beside the noise floor)."""
     if not report:
         return "end to end: not run"
-    return report.get("summary_line") or (
-        f"end to end: {'PASS' if report.get('passed') else 'FAIL'} · token match {report.get('token_match')}"
-    )
+    if report.get("verdict"):
+        return f"end to end: {'PASS' if report.get('passed') else 'FAIL'} · {report['verdict']}"
+    return f"end to end: {'PASS' if report.get('passed') else 'FAIL'} · token match {report.get('token_match')}"

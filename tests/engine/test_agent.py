@@ -239,6 +239,15 @@ def test_kernel_blamed_end_to_end_is_regenerated(tmp_path):
     assert [r.passed for r in results] == [False, True]
     assert summary["passing"] == 1 and summary["e2e"]["passed"]
     assert (tmp_path / "out" / "L1" / "rms_norm.py").read_text() == good
+    # The last end-to-end report and the run's summary are kept on disk beside the kernels.
+    saved_e2e = json.loads((tmp_path / "out" / "L1" / "e2e.json").read_text())
+    assert saved_e2e["passed"] and saved_e2e["verdict"] == summary["e2e"]["verdict"]
+    saved = json.loads(agent.summary_path().read_text())
+    assert saved["passing"] == 1 and [r["op"] for r in saved["ops"]] == ["rms_norm"]
+    from fastkernels.agent.progress import e2e_line
+
+    line = e2e_line(summary["e2e"])
+    assert line.startswith("end to end: PASS") and "noise floor" in line
 
 
 def test_cancel_stops_a_stream_in_flight(tmp_path):

@@ -6,8 +6,10 @@ greedy tokens end to end.
 
 One family per operator per dtype (one with a feature the others lack: Qwen3's qk-norm for
 attention, Qwen3-MoE's rounded routing weights for MoE, Qwen2's q/k/v biases for the dense layer);
-every family was run by hand through run_gate and the end-to-end check. Tolerances: fastkernels.bench.unit.TOLERANCES (one definition), against the
-baseline in the same dtype. Library files are ours, so they are imported in-process here (candidates
+every family was run by hand through run_gate and the end-to-end check. Correctness is the unit
+benchmark's rule (fastkernels.bench.unit, one definition): against the baseline run in fp32 with the
+dtype's tolerance, or, for deep blocks whose baseline in that dtype is itself further off (a whole
+model in bf16 on a GPU), within twice that baseline's own error. Library files are ours, so they are imported in-process here (candidates
 only ever run in a child); the gate and the end-to-end check run them in their sandboxed children.
 """
 
@@ -16,7 +18,9 @@ import os
 import pytest
 import torch
 
-from fastkernels.bench.unit import TOLERANCES
+import copy
+
+from fastkernels.bench.unit import TOLERANCES, _compare, _Reject, _to_fp32
 from fastkernels.models.catalog import known_models, resolve
 from fastkernels.registry import build_spec, load_task
 from fastkernels.registry.tasks import build_baseline, build_inputs, library_dir, load_module
@@ -51,22 +55,18 @@ def _flat(out):
     return [out]
 
 
-def assert_matches(ours, ref, what: str):
-    """Same structure, shapes, dtypes and strides; finite; within the dtype's tolerance."""
-    ours, ref = _flat(ours), _flat(ref)
-    assert len(ours) == len(ref), what
-    for i, (a, b) in enumerate(zip(ours, ref)):
+def assert_matches(ours, ref, expect, what: str):
+    """Same structure, shapes, dtypes and strides as the baseline (`expect`, in the case's dtype);
+    finite; right against the fp32 reference `ref` by the unit benchmark's rule."""
+    ours, ref, expect = _flat(ours), _flat(ref), _flat(expect)
+    assert len(ours) == len(ref) == len(expect), what
+    for i, (a, r, e) in enumerate(zip(ours, ref, expect)):
         tag = f"{what} output {i}"
-        assert a.shape == b.shape and a.dtype == b.dtype, (tag, a.shape, b.shape, a.dtype, b.dtype)
-        assert [s for s, n in zip(a.stride(), a.shape) if n > 1] == [s for s, n in zip(b.stride(), b.shape) if n > 1], \
-            (tag, a.stride(), b.stride())
-        a, b = a.float(), b.float()
-        assert torch.isfinite(a).all(), f"{tag}: NaN/Inf"
-        assert b.abs().max() > 0, f"{tag}: all-zero reference proves nothing"
-        tol = TOLERANCES[str(ours[i].dtype).replace("torch.", "")]
-        bound = tol.atol * b.pow(2).mean().sqrt() + tol.rtol * b.abs()
-        worst = ((a - b).abs() / bound).max().item()
-        assert worst <= 1.0, f"{tag}: off by {(a - b).abs().max().item():.3g} ({worst:.2f}x the {tol} bound)"
+        assert r.abs().max() > 0, f"{tag}: all-zero reference proves nothing"
+        try:
+            _compare(tag, a, r, e, TOLERANCES[str(a.dtype).replace("torch.", "")])
+        except _Reject as exc:
+            pytest.fail(str(exc))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -83,9 +83,10 @@ def test_library_block_matches_baseline(level, op, family, dtype):
         saved = [t.clone() for t in _flat(list(inputs)) if isinstance(t, torch.Tensor)]
         with torch.no_grad():
             got, want = ours(*inputs), base(*inputs)
+            ref = copy.deepcopy(base).float()(*_to_fp32(inputs))
         now = [t for t in _flat(list(inputs)) if isinstance(t, torch.Tensor)]
         assert all(torch.equal(x, keep) for x, keep in zip(now, saved)), f"{op} {shape}: input modified"
-        assert_matches(got, want, f"L{level} {op} {family} {shape} {dtype}")
+        assert_matches(got, ref, want, f"L{level} {op} {family} {shape} {dtype}")
 
 
 @pytest.mark.parametrize("sdpa", [False, True], ids=["eager", "sdpa"])
@@ -103,7 +104,7 @@ def test_attention_mask_is_bottom_right_on_both_paths(sdpa):
         scores = torch.matmul(q, base.repeat_kv(keys).transpose(2, 3)) * d**-0.5
         allowed = torch.arange(p + s)[None, :] <= torch.arange(p, p + s)[:, None]  # token i sees keys 0..P+i
         want = torch.matmul(torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1), base.repeat_kv(values))
-        assert_matches(m.attend(q, keys, values, d**-0.5, sdpa=sdpa), want, f"attend sdpa={sdpa} P={p} S={s}")
+        assert_matches(m.attend(q, keys, values, d**-0.5, sdpa=sdpa), want, want, f"attend sdpa={sdpa} P={p} S={s}")
         if p and s > 1:  # the top-left mask (is_causal=True) is a different answer: the check can tell
             wrong = torch.nn.functional.scaled_dot_product_attention(q, base.repeat_kv(keys), base.repeat_kv(values),
                                                                      is_causal=True)
