@@ -16,18 +16,24 @@ Weights move by state dict (task files use HF's parameter names); the implementa
 copies, so the original modules are never touched and un-patching restores them exactly. Patch a
 model after moving it to its device and dtype: the implementations are built where its weights are.
 
+Without `shadow=True` the model calls each implementation's forward itself, from forwards that add
+per call only the reshapes an operator's [tokens, hidden] inputs need: at batch-1 decode every
+operator is launch-bound, so a frame or a view per call is lost speed (benchmarks/binding_overhead.py
+measures a model patched with the baseline files against the unpatched one).
+
 Shadow check (`shadow=True`): every patched call also runs the operator's baseline (the task file's
 class, same weights) on clones of the same inputs and compares the two outputs with the operator's
-dtype tolerances; the candidate's output flows on, so the model
-runs as it would in production. `handle.shadow_report()` gives max/mean error per operator and
-call site, the worst layer, and pass/fail naming the operator and layer of every failure. The
-tolerances are the unit benchmark's (`fastkernels.bench.unit.TOLERANCES`, one definition): an
-element passes when |candidate - baseline| <= atol * rms(baseline) + rtol * |baseline|; a call that
-exceeds it is judged as the unit benchmark judges, against the baseline run in fp32: within the
-same tolerance of it, or no worse than twice the baseline's own error (deep blocks in bf16).
+dtype tolerances; the candidate's output flows on, so the model runs as it would in production.
+`handle.shadow_report()` gives max/mean error per operator and call site, the worst layer, and
+pass/fail naming the operator and layer of every failure. The tolerances are the unit benchmark's
+(`fastkernels.bench.unit.TOLERANCES`, one definition): an element passes when
+|candidate - baseline| <= atol * rms(baseline) + rtol * |baseline|; a call that exceeds it is judged
+as the unit benchmark judges, against the baseline run in fp32: within the same tolerance of it, or
+no worse than twice the baseline's own error (deep blocks in bf16).
 
 The transformers version matters in one place: 5.24 names the cache argument `cache`, 5.17
-`past_key_values`. Our forwards accept both and pass on the name the installed version uses.
+`past_key_values`. Our forwards accept both (a decoder layer hands the model's keyword arguments to
+its attention as they came).
 """
 
 from __future__ import annotations
@@ -477,10 +483,10 @@ def read_past(cache, layer_idx: int, like: torch.Tensor, kv_heads: int, head_dim
 
 # ---- the forwards we bind on HF instances (each mirrors HF's and calls the operators) --------------
 #
-# At batch-1 decode every operator is launch-bound, so these forwards add nothing per call that HF's
-# own does not do: what never changes (has a q_norm, the sliding window) is read at bind time
-# (PREPARE), and shapes go back with view_as (0.7 us a call, where view(torch.Size) costs 1.8 us:
-# CPU, torch 2.13; benchmarks/binding_overhead.py measures the whole of it).
+# At batch-1 decode every operator is launch-bound, so these forwards add per call no more than the
+# views an operator's [tokens, hidden] inputs need: what never changes (has a q_norm, the sliding
+# window) is read at bind time (PREPARE), and shapes go back with view_as (0.7 us a call, where
+# view(torch.Size) costs 1.8 us: CPU, torch 2.13; benchmarks/binding_overhead.py measures the whole).
 
 def _decoder_layer_forward(self, hidden_states, **kwargs):
     """HF <Family>DecoderLayer.forward with "residual + h; post_attention_layernorm" as one op. The
