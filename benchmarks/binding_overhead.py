@@ -3,13 +3,14 @@
 all of them together. At batch 1 decode every operator is launch-bound, so any Python the binding
 adds per call (frames, dict lookups, reshapes, argument shuffling) shows up directly as lost speed.
 
-Run from the repository root (CPU proxy: tiny Llama, fp32, one thread):
+Run from the repository root (CPU proxy: tiny Llama, fp32, one thread; about 45 s;
+benchmarks/results/binding_overhead_cpu.md holds its output):
 
-    PYTHONPATH=. python benchmarks/binding_overhead.py --device cpu --steps 300 --rounds 9
+    PYTHONPATH=. python benchmarks/binding_overhead.py --device cpu --steps 300 --rounds 25
 
 or on a GPU (bf16, the full-size model's tiny variant unless --full):
 
-    PYTHONPATH=. python benchmarks/binding_overhead.py --device cuda --steps 300 --rounds 9
+    PYTHONPATH=. python benchmarks/binding_overhead.py --device cuda --steps 300 --rounds 25
 
 Each round times, for every set, the unpatched model and the patched model next to each other,
 alternating which goes first (AB, BA, ...); a run is a prefill of --prompt tokens, 3 untimed decode
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
     ap.add_argument("--full", action="store_true", help="the full-size model, not its tiny variant")
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--prompt", type=int, default=8)
     ap.add_argument("--attention", default="sdpa", help="attention implementation of both models")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (cpu only)")
