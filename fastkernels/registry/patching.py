@@ -16,18 +16,24 @@ Weights move by state dict (task files use HF's parameter names); the implementa
 copies, so the original modules are never touched and un-patching restores them exactly. Patch a
 model after moving it to its device and dtype: the implementations are built where its weights are.
 
+Without `shadow=True` the model calls each implementation's forward itself, from forwards that add
+per call only the reshapes an operator's [tokens, hidden] inputs need: at batch-1 decode every
+operator is launch-bound, so a frame or a view per call is lost speed (benchmarks/binding_overhead.py
+measures a model patched with the baseline files against the unpatched one).
+
 Shadow check (`shadow=True`): every patched call also runs the operator's baseline (the task file's
 class, same weights) on clones of the same inputs and compares the two outputs with the operator's
-dtype tolerances; the candidate's output flows on, so the model
-runs as it would in production. `handle.shadow_report()` gives max/mean error per operator and
-call site, the worst layer, and pass/fail naming the operator and layer of every failure. The
-tolerances are the unit benchmark's (`fastkernels.bench.unit.TOLERANCES`, one definition): an
-element passes when |candidate - baseline| <= atol * rms(baseline) + rtol * |baseline|; a call that
-exceeds it is judged as the unit benchmark judges, against the baseline run in fp32: within the
-same tolerance of it, or no worse than twice the baseline's own error (deep blocks in bf16).
+dtype tolerances; the candidate's output flows on, so the model runs as it would in production.
+`handle.shadow_report()` gives max/mean error per operator and call site, the worst layer, and
+pass/fail naming the operator and layer of every failure. The tolerances are the unit benchmark's
+(`fastkernels.bench.unit.TOLERANCES`, one definition): an element passes when
+|candidate - baseline| <= atol * rms(baseline) + rtol * |baseline|; a call that exceeds it is judged
+as the unit benchmark judges, against the baseline run in fp32: within the same tolerance of it, or
+no worse than twice the baseline's own error (deep blocks in bf16).
 
 The transformers version matters in one place: 5.24 names the cache argument `cache`, 5.17
-`past_key_values`. Our forwards accept both and pass on the name the installed version uses.
+`past_key_values`. Our forwards accept both (a decoder layer hands the model's keyword arguments to
+its attention as they came).
 """
 
 from __future__ import annotations
@@ -392,6 +398,14 @@ class Site:
         self.consumed = consumed
         self._baseline32: nn.Module | None = None
 
+    @property
+    def entry(self) -> Callable:
+        """What the model's call site calls. Without a baseline (a patch made without shadow=True)
+        that is the implementation's forward itself: no frame of ours between the model and the
+        kernel, which at batch-1 decode is launch-bound. With one, it is this site, which runs the
+        shadow check while it is enabled (and reads `run_candidate` at each call)."""
+        return self.run_candidate if self.baseline is None else self
+
     def __call__(self, *args):
         if not (self.shadow.enabled and self.baseline is not None):
             return self.run_candidate(*args)
@@ -468,32 +482,45 @@ def read_past(cache, layer_idx: int, like: torch.Tensor, kv_heads: int, head_dim
 
 
 # ---- the forwards we bind on HF instances (each mirrors HF's and calls the operators) --------------
+#
+# At batch-1 decode every operator is launch-bound, so these forwards add per call no more than the
+# views an operator's [tokens, hidden] inputs need: what never changes (has a q_norm, the sliding
+# window) is read at bind time (PREPARE), and shapes go back with view_as (0.7 us a call, where
+# view(torch.Size) costs 1.8 us: CPU, torch 2.13; benchmarks/binding_overhead.py measures the whole).
 
 def _decoder_layer_forward(self, hidden_states, **kwargs):
-    """HF <Family>DecoderLayer.forward with "residual + h; post_attention_layernorm" as one op."""
-    slots = self._fk_slots
-    cache = _pop_cache(kwargs)
-    residual = hidden_states
+    """HF <Family>DecoderLayer.forward with "residual + h; post_attention_layernorm" as one op. The
+    keyword arguments (mask, positions, the cache under this version's name) reach the attention as
+    the model passed them."""
+    width = hidden_states.shape[-1]
     h = self.input_layernorm(hidden_states)
-    h, _ = self.self_attn(hidden_states=h, **{slots["cache_kw"]: cache}, **kwargs)
-    shape = h.shape
-    h, residual = slots["add_rms_norm"](h.reshape(-1, shape[-1]), residual.reshape(-1, shape[-1]))
-    h, residual = h.view(shape), residual.view(shape)
-    h = self.mlp(h)
-    return residual + h
+    h, _ = self.self_attn(hidden_states=h, **kwargs)
+    h, residual = self._fk_slots["add_rms_norm"](h.reshape(-1, width), hidden_states.reshape(-1, width))
+    return residual.view_as(hidden_states) + self.mlp(h.view_as(hidden_states))
 
 
-def _attention_forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+def _prepare_attention(attn: nn.Module, slots: dict) -> None:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    slots["attention_functions"] = ALL_ATTENTION_FUNCTIONS
+    slots["qk_norm"] = "q_norm" in attn._modules  # Qwen3: per-head norms before rope
+    # Qwen2/Qwen3 keep each layer's window on the module, Mistral/Mixtral read their config's; Llama has none.
+    slots["sliding_window"] = (attn.sliding_window if "sliding_window" in vars(attn)
+                               else getattr(attn.config, "sliding_window", None))
+
+
+def _attention_forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
+                       past_key_values=None, **kwargs):
     """HF <Family>Attention.forward with rotary and/or the attention core as operators."""
     slots = self._fk_slots
-    hf = slots["hf"]
-    cache = _pop_cache(kwargs)
+    if cache is None:  # transformers 5.17 calls it past_key_values
+        cache = past_key_values
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, self.head_dim)
     q = self.q_proj(hidden_states).view(hidden_shape)
     k = self.k_proj(hidden_states).view(hidden_shape)
     v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    if hasattr(self, "q_norm"):  # Qwen3: per-head norms before rope
+    if slots["qk_norm"]:
         q, k = self.q_norm(q), self.k_norm(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = position_embeddings
@@ -501,29 +528,28 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
     if rope is not None:  # q, k as HF lays them out: [B, H, S, D] views of [B, S, H, D] storage
         q, k = rope(q, k, cos, sin)
     else:
-        q, k = hf.apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = slots["hf"].apply_rotary_pos_emb(q, k, cos, sin)
     if cache is not None:
         k, v = cache.update(k, v, self.layer_idx)
     core = slots.get("attention")
     if core is not None:
         out = core(q.contiguous(), k.contiguous(), v.contiguous())
     else:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        window = self.sliding_window if hasattr(self, "sliding_window") else getattr(self.config, "sliding_window", None)
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, hf.eager_attention_forward)
+        interface = slots["attention_functions"].get_interface(self.config._attn_implementation,
+                                                               slots["hf"].eager_attention_forward)
         out, _ = interface(self, q, k, v, attention_mask, dropout=0.0 if not self.training else self.attention_dropout,
-                           scaling=self.scaling, sliding_window=window, **kwargs)
+                           scaling=self.scaling, sliding_window=slots["sliding_window"], **kwargs)
     out = out.reshape(*input_shape, -1).contiguous()
     return self.o_proj(out), None
 
 
 def _mlp_forward(self, x):
-    """HF <Family>MLP.forward with act_fn(gate) * up as the operator."""
-    gate, up = self.gate_proj(x), self.up_proj(x)
-    width = gate.shape[-1]
-    out = self._fk_slots["silu_and_mul"](gate.reshape(-1, width), up.reshape(-1, width))
-    return self.down_proj(out.view(*gate.shape[:-1], width))
+    """HF <Family>MLP.forward with act_fn(gate) * up as the operator. The projections run on the
+    [tokens, hidden] rows of x (a Linear folds its leading dimensions into the same matmul), so the
+    operator gets its [tokens, width] inputs as they come and one view restores x's shape."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = self._fk_slots["silu_and_mul"](self.gate_proj(rows), self.up_proj(rows))
+    return self.down_proj(out).view_as(x)
 
 
 def _experts_apply_gate(self, gate_up_out):
@@ -558,43 +584,37 @@ def _router_forward(self, hidden_states):
     return logits, weights, indices
 
 
-def _embedding_forward(self, input_ids):
-    return self._fk_slots["embedding"](input_ids)
-
-
 MIRRORS = {
     "decoder_layer": {"forward": _decoder_layer_forward},
     "attention": {"forward": _attention_forward},
     "mlp": {"forward": _mlp_forward},
     "experts": {"_apply_gate": _experts_apply_gate, "forward": _experts_eager_forward},
     "router": {"forward": _router_forward},
-    "embedding": {"forward": _embedding_forward},
 }
+# kind -> prepare(instance, slots): what its mirror reads of the instance, read once when bound
+PREPARE = {"attention": _prepare_attention}
 
 
 # ---- adapters for swapped submodules (their forward takes HF's arguments) ------------------------
 
-def _adapt_rms_norm(site: Site):
+def _adapt_rms_norm(site: Site, width: int):
+    run = site.entry
+
     def forward(self, hidden_states):
-        shape = hidden_states.shape
-        return site(hidden_states.reshape(-1, shape[-1])).view(shape)
-
-    return forward
-
-
-def _adapt_same(site: Site):
-    def forward(self, x):
-        return site(x)
+        # The operator takes [tokens, hidden] (Qwen3's q/k norms: [tokens * heads, head_dim]).
+        return run(hidden_states.reshape(-1, width)).view_as(hidden_states)
 
     return forward
 
 
 def _adapt_attention_block(site: Site, layer_idx: int, kv_heads: int, head_dim: int):
+    run = site.entry
+
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         cache = _pop_cache(kwargs)
         cos, sin = position_embeddings
         past_key, past_value = read_past(cache, layer_idx, hidden_states, kv_heads, head_dim)
-        out, key, value = site(hidden_states, cos, sin, past_key, past_value)
+        out, key, value = run(hidden_states, cos, sin, past_key, past_value)
         if cache is not None:
             cache.update(key, value, layer_idx)
         return out, None
@@ -603,11 +623,13 @@ def _adapt_attention_block(site: Site, layer_idx: int, kv_heads: int, head_dim: 
 
 
 def _adapt_decoder_layer(site: Site, layer_idx: int, kv_heads: int, head_dim: int):
+    run = site.entry
+
     def forward(self, hidden_states, position_embeddings=None, **kwargs):
         cache = _pop_cache(kwargs)
         cos, sin = position_embeddings
         past_key, past_value = read_past(cache, layer_idx, hidden_states, kv_heads, head_dim)
-        out, key, value = site(hidden_states, cos, sin, past_key, past_value)
+        out, key, value = run(hidden_states, cos, sin, past_key, past_value)
         if cache is not None:
             cache.update(key, value, layer_idx)
         return out
@@ -688,16 +710,20 @@ class PatchHandle:
         obj.__dict__[attr] = value
         self._undo.append(undo)
 
-    def slot(self, instance: nn.Module, kind: str, name: str, site) -> None:
-        """Route `name` of `instance` through `site`; the mirror forward of `kind` is bound once."""
+    def slot(self, instance: nn.Module, kind: str, name: str, site: Site) -> None:
+        """Route `name` of `instance` through `site`; the mirror forward of `kind` is bound once,
+        with what it needs of `instance` that never changes read here, not at each call."""
         entry = self._bound.get(id(instance))
         if entry is None:
             slots = {"family": self.family, "hf": hf_module(self.family)}
+            prepare = PREPARE.get(kind)
+            if prepare is not None:
+                prepare(instance, slots)
             self._bound[id(instance)] = entry = (instance, kind, slots)
             self.set_attr(instance, "_fk_slots", slots)
             for method, fn in MIRRORS[kind].items():
                 self.set_attr(instance, method, types.MethodType(fn, instance))
-        entry[2][name] = site
+        entry[2][name] = site.entry
 
     def unpatch(self) -> None:
         while self._undo:
@@ -782,7 +808,8 @@ def _bind_rms_norm(ctx: _Ctx, impl: Implementation) -> int:
     for name, m in _instances(ctx.model, ctx.family, "RMSNorm"):
         init = {**impl.task().init_args(ctx.config), "hidden_size": m.weight.shape[0], "eps": m.variance_epsilon}
         site = ctx.site(impl, name, init, m.state_dict(), m.weight.device)
-        ctx.handle.set_attr(site.candidate, "forward", types.MethodType(_adapt_rms_norm(site), site.candidate))
+        forward = _adapt_rms_norm(site, m.weight.shape[0])
+        ctx.handle.set_attr(site.candidate, "forward", types.MethodType(forward, site.candidate))
         ctx.handle.swap(*_parent(ctx.model, name), site.candidate)
         n += 1
     return n
@@ -796,7 +823,6 @@ def _bind_add_rms_norm(ctx: _Ctx, impl: Implementation) -> int:
         site = ctx.site(impl, name + ".post_attention_layernorm", init, norm.state_dict(), norm.weight.device,
                         consumed=(0, 1))  # the attention output and the old residual
         ctx.handle.slot(layer, "decoder_layer", "add_rms_norm", site)
-        ctx.handle._bound[id(layer)][2]["cache_kw"] = _cache_kwarg(type(layer))
         n += 1
     return n
 
@@ -847,7 +873,8 @@ def _bind_embedding(ctx: _Ctx, impl: Implementation) -> int:
     emb = ctx.model.get_input_embeddings()
     name = next(n for n, m in ctx.model.named_modules() if m is emb)
     init = {**impl.task().init_args(ctx.config), "vocab_size": emb.weight.shape[0], "hidden_size": emb.weight.shape[1]}
-    ctx.handle.slot(emb, "embedding", "embedding", ctx.site(impl, name, init, emb.state_dict(), emb.weight.device))
+    site = ctx.site(impl, name, init, emb.state_dict(), emb.weight.device)
+    ctx.handle.set_attr(emb, "forward", site.entry)  # nn.Embedding's forward takes the ids alone, as the op does
     return 1
 
 
@@ -858,13 +885,13 @@ def _bind_swap(suffix: str, adapter: str):
         for name, m in _instances(ctx.model, ctx.family, suffix):
             init = impl.task().init_args(ctx.config)
             site = ctx.site(impl, name, init, m.state_dict(), _module_device(m))
-            if adapter == "same":
-                fwd = _adapt_same(site)
-            elif adapter == "attention":
-                fwd = _adapt_attention_block(site, m.layer_idx, kv_heads, head_dim)
+            if adapter == "same":  # the block's forward takes HF's argument as it is
+                if site.baseline is not None:  # shadowed: through the site
+                    ctx.handle.set_attr(site.candidate, "forward", site.entry)
             else:
-                fwd = _adapt_decoder_layer(site, m.self_attn.layer_idx, kv_heads, head_dim)
-            ctx.handle.set_attr(site.candidate, "forward", types.MethodType(fwd, site.candidate))
+                fwd = (_adapt_attention_block(site, m.layer_idx, kv_heads, head_dim) if adapter == "attention"
+                       else _adapt_decoder_layer(site, m.self_attn.layer_idx, kv_heads, head_dim))
+                ctx.handle.set_attr(site.candidate, "forward", types.MethodType(fwd, site.candidate))
             ctx.handle.swap(*_parent(ctx.model, name), site.candidate)
             n += 1
         return n
@@ -877,7 +904,7 @@ def _bind_causal_lm(ctx: _Ctx, impl: Implementation) -> int:
     init = impl.task().init_args(ctx.config)
     site = ctx.site(impl, "model", init, model.state_dict(), _module_device(model))
     kv_heads, head_dim = _head_dims(ctx.config)
-    ctx.handle.set_attr(model, "_fk_slots", {"causal_lm": site, "kv_heads": kv_heads, "head_dim": head_dim})
+    ctx.handle.set_attr(model, "_fk_slots", {"causal_lm": site.entry, "kv_heads": kv_heads, "head_dim": head_dim})
     ctx.handle.set_attr(model, "forward", types.MethodType(_causal_lm_forward, model))
     return 1
 

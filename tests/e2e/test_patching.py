@@ -82,6 +82,29 @@ def test_level1_baselines_change_nothing_and_unpatch_restores(family):
     assert all(torch.equal(a, b) for a, b in zip(again, ref))
 
 
+WITHOUT_SHADOW = [(family, 1) for family in MODELS] + [(f, lvl) for f in ("llama", "qwen3_moe") for lvl in (2, 3, 4)]
+
+
+@pytest.mark.parametrize("family,level", WITHOUT_SHADOW, ids=[f"{f}-L{lvl}" for f, lvl in WITHOUT_SHADOW])
+def test_without_shadow_the_model_calls_the_implementations_directly(family, level, monkeypatch):
+    # A patch made to run (no shadow=True) puts no Site between the model and each kernel: at
+    # batch-1 decode every op is launch-bound and a frame per call is lost speed.
+    from fastkernels.registry.patching import Site
+
+    model = tiny(family)
+    ref = prefill_and_decode(model)
+
+    def no_site(self, *args):
+        raise AssertionError(f"{self.key} at {self.name} went through its Site")
+
+    monkeypatch.setattr(Site, "__call__", no_site)
+    with patch(model, baselines(family, level), level=level) as handle:
+        got = prefill_and_decode(model)
+    assert handle.sites and all(s.entry == s.run_candidate for s in handle.sites)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))  # the baseline files, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(prefill_and_decode(model), ref))  # un-patched
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe"])
 @pytest.mark.parametrize("level", [2, 3, 4])
 def test_block_layer_and_model_levels_run_over_the_hf_cache(family, level):
