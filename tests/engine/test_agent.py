@@ -278,3 +278,44 @@ def test_no_library_kernel_stops_after_one_attempt(tmp_path):
     assert state.attempt == 1 and state.status == OpStatus.FAILED
     assert "has no kernel for L1/rms_norm" in state.last_error
     assert any("has no kernel" in m.text for m in rec.of(ev.Message))
+
+
+def test_cuda_builds_run_before_the_gpu_is_taken(tmp_path, monkeypatch):
+    """A kernel that compiles CUDA is built (validated) outside the GPU lock, so builds of several
+    operators overlap; a build error comes back without the GPU ever being held."""
+    import contextlib
+
+    import fastkernels.agent.validate as validate
+    import fastkernels.bench.unit as unit
+    from fastkernels.agent.validate import ValidationResult
+
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm"], out_dir=tmp_path / "out"),
+                  sink=ev.Recorder(), backend=get_backend("library"))
+    agent.discover()
+    calls = []
+
+    class OneGpu:
+        gpus = ["0"]
+
+        @contextlib.contextmanager
+        def acquire(self):
+            calls.append("gpu")
+            yield "0"
+
+    agent.gpus = OneGpu()
+    verdict = {"ok": True}
+    monkeypatch.setattr(validate, "validate_kernel",
+                        lambda code, name, **kw: calls.append("build") or ValidationResult(
+                            verdict["ok"], None if verdict["ok"] else "nvcc: error: identifier x is undefined"))
+    monkeypatch.setattr(unit, "run_gate", lambda spec, code, **kw: calls.append("gate") or (ValidationResult(False, "stop"), None))
+    state = agent.states["rms_norm"]
+    cuda_code = "from torch.utils.cpp_extension import load_inline\n"
+    agent._check(state, cuda_code)
+    assert calls == ["build", "gpu", "gate"]
+    calls.clear()
+    agent._check(state, "import triton\n")  # nothing to compile: straight to the gate
+    assert calls == ["gpu", "gate"]
+    calls.clear()
+    verdict["ok"] = False
+    ok, error, _ = agent._check(state, cuda_code)
+    assert not ok and "identifier x is undefined" in error and calls == ["build"]
