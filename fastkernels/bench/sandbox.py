@@ -15,12 +15,21 @@ temporary working directory, with API keys and tokens removed from its environme
 
 Every failure carries one line that says which job (`label`) failed and how.
 
+`warm=("torch", ...)`: most of a job's start is the interpreter and `import torch` (seconds; on a
+GPU also the CUDA context). With `warm`, the child for the NEXT job of the same kind (same
+environment, same preloads) is started as soon as this one is handed out: it imports those modules
+(and opens the CUDA context when it will use a GPU), then waits for its job. Isolation is unchanged:
+every job still runs in a process of its own that has run nothing else, and only our own modules are
+imported before the job's payload arrives. A waiting child ends when its parent does (it reads EOF);
+`shutdown_warm()` ends them at once.
+
 This module imports only the standard library: the child starts by importing it, and the cost of
 a job's start is one interpreter start plus whatever its function imports (torch is the big one).
 """
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import glob
 import importlib
@@ -31,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -148,9 +158,92 @@ def _classify_text(text: str) -> str | None:
     return None
 
 
+class _Child:
+    """A spawned child waiting for (warm) or given (cold) its job, with its directories."""
+
+    def __init__(self, environ: dict, workdir: Path, own_dir: bool, preload: tuple[str, ...] = ()) -> None:
+        self.workdir, self.own_dir = workdir, own_dir
+        self.io_dir = Path(tempfile.mkdtemp(prefix="fk-io-"))  # the child's reports, out of its reach by name
+        self.stderr_path = self.io_dir / "stderr.txt"
+        cmd = [sys.executable, "-c", "from fastkernels.bench.sandbox import _child_main; _child_main()",
+               str(self.io_dir), ",".join(preload)]
+        with open(self.stderr_path, "wb") as err, open(self.io_dir / "stdout.txt", "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=str(workdir), env=environ, stdin=subprocess.PIPE,
+                                         stdout=out, stderr=err, start_new_session=True)
+
+    def start(self, target: str) -> bool:
+        """Hand the job (its payload already in io_dir) to the child; False if it is gone."""
+        try:
+            self.proc.stdin.write(f"{target}\n".encode())
+            self.proc.stdin.close()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def discard(self) -> None:
+        _kill_group(self.proc)
+        shutil.rmtree(self.io_dir, ignore_errors=True)
+        if self.own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_warm: dict[tuple, _Child] = {}  # insertion order: the oldest first
+_warm_lock = threading.Lock()
+MAX_WARM = 4  # waiting children kept at most (one per GPU and kind of job is what a run uses)
+
+
+def shutdown_warm() -> None:
+    """End every child waiting for a job (they also end by themselves when this process does)."""
+    with _warm_lock:
+        children = list(_warm.values())
+        _warm.clear()
+    for child in children:
+        child.discard()
+
+
+atexit.register(shutdown_warm)
+
+
+def _environ_for(env: dict | None, interpret: bool | None, memory_limit_mb: int | None) -> dict:
+    environ = child_env(env)
+    if interpret is None:
+        interpret = not cuda_present()
+    if interpret:
+        environ["TRITON_INTERPRET"] = "1"
+    else:
+        environ.pop("TRITON_INTERPRET", None)
+    if memory_limit_mb:
+        environ["FASTKERNELS_JOB_MEMORY_MB"] = str(int(memory_limit_mb))
+    return environ
+
+
+def _take_child(environ: dict, cwd: str | None, warm: tuple[str, ...]) -> _Child:
+    """A child for one job: the waiting one of this kind if there is one (and, with `warm`, start
+    the next one's imports now), else a fresh one."""
+    if cwd is not None or not warm:
+        own = cwd is None
+        workdir = Path(tempfile.mkdtemp(prefix="fk-job-")) if own else Path(cwd)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _Child(environ, workdir, own)
+    key = (tuple(sorted(environ.items())), tuple(warm))
+    with _warm_lock:
+        child = _warm.pop(key, None)
+        if child is not None and child.proc.poll() is not None:  # it died waiting (killed from outside)
+            child.discard()
+            child = None
+        if child is None:
+            child = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, warm)
+        _warm[key] = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, warm)
+        stale = [k for k in _warm if k != key][: max(0, len(_warm) - MAX_WARM)]
+        evicted = [_warm.pop(k) for k in stale]
+    for old in evicted:
+        old.discard()
+    return child
+
+
 def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str | None = None,
             env: dict | None = None, interpret: bool | None = None,
-            memory_limit_mb: int | None = None) -> JobResult:
+            memory_limit_mb: int | None = None, warm: tuple[str, ...] = ()) -> JobResult:
     """Run `target` ("package.module:function") on `payload` in a spawned child; never raises for
     anything the child does.
 
@@ -160,39 +253,26 @@ def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str 
         has no CUDA GPU.
     memory_limit_mb: an address-space limit for the child (CPU jobs only: CUDA reserves far more
         virtual memory than it uses, so leave it None on a GPU).
+    warm: modules the job imports first (e.g. ("torch", "fastkernels.bench.unit")): run in a child
+        started beforehand with them imported, and start the next such child now (module docstring).
+        Ignored with `cwd`.
     """
     if ":" not in target:
         raise ValueError(f"target must be 'package.module:function', got {target!r}")
-    start = time.monotonic()
-    own_dir = cwd is None
-    workdir = Path(tempfile.mkdtemp(prefix="fk-job-")) if own_dir else Path(cwd)
-    workdir.mkdir(parents=True, exist_ok=True)
-    io_dir = Path(tempfile.mkdtemp(prefix="fk-io-"))  # the child's reports, out of its reach by name
+    environ = _environ_for(env, interpret, memory_limit_mb)
+    child = _take_child(environ, cwd, tuple(warm))
+    proc, io_dir, stderr_path = child.proc, child.io_dir, child.stderr_path
     try:
         (io_dir / _PAYLOAD).write_text(json.dumps(payload))
-        environ = child_env(env)
-        if interpret is None:
-            interpret = not cuda_present()
-        if interpret:
-            environ["TRITON_INTERPRET"] = "1"
-        else:
-            environ.pop("TRITON_INTERPRET", None)
-        if memory_limit_mb:
-            environ["FASTKERNELS_JOB_MEMORY_MB"] = str(int(memory_limit_mb))
-        cmd = [sys.executable, "-c", "from fastkernels.bench.sandbox import _child_main; _child_main()",
-               target, str(io_dir)]
-        stderr_path = io_dir / "stderr.txt"
-        with open(stderr_path, "wb") as err, open(io_dir / "stdout.txt", "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=str(workdir), env=environ, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True)
-            timed_out = False
+        start = time.monotonic()
+        timed_out = False
+        if child.start(target):
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
-            finally:
-                # Grandchildren (compilers, worker pools) die with the job, whatever it returned.
-                _kill_group(proc)
+        # Grandchildren (compilers, worker pools) die with the job, whatever it returned.
+        _kill_group(proc)
         seconds = time.monotonic() - start
         stderr_tail = _tail(stderr_path)
         if timed_out:
@@ -231,9 +311,7 @@ def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str 
         return JobResult(False, kind, error=f"{label}: {how}{hint}", stderr_tail=stderr_tail,
                          seconds=seconds, label=label)
     finally:
-        shutil.rmtree(io_dir, ignore_errors=True)
-        if own_dir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        child.discard()
 
 
 # ---- the child side ------------------------------------------------------------------------
@@ -241,7 +319,13 @@ def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str 
 def probe(payload: dict) -> dict:
     """A job that does nothing but report what the child sees (to measure the cost of a start:
     `{"torch": True}` adds importing torch)."""
-    out = {"cwd": os.getcwd(), "interpret": os.environ.get("TRITON_INTERPRET"), "python": sys.version.split()[0]}
+    out = {"cwd": os.getcwd(), "interpret": os.environ.get("TRITON_INTERPRET"), "python": sys.version.split()[0],
+           "pid": os.getpid(), "torch_preloaded": "torch" in sys.modules,
+           "secrets": sorted(k for k in os.environ if "API_KEY" in k.upper())}
+    if payload.get("exit"):
+        os._exit(int(payload["exit"]))
+    if payload.get("sleep"):
+        time.sleep(float(payload["sleep"]))
     if payload.get("torch"):
         import torch
 
@@ -249,8 +333,26 @@ def probe(payload: dict) -> dict:
     return out
 
 
+def _preload(modules: list[str]) -> None:
+    """Import what the job will import (ours and the frameworks', never the job's code), and open
+    the CUDA context if the job will have a GPU. A module that fails to import here is left for the
+    job to import and report."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the job's own import says what is wrong
+            return
+    torch = sys.modules.get("torch")
+    if torch is not None and not os.environ.get("TRITON_INTERPRET"):
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.init()
+        except Exception:  # noqa: BLE001 - the job meets the same error and reports it
+            pass
+
+
 def _child_main() -> None:
-    target, io_dir = sys.argv[1], Path(sys.argv[2])
+    io_dir, preload = Path(sys.argv[1]), [m for m in sys.argv[2].split(",") if m]
     limit = os.environ.pop("FASTKERNELS_JOB_MEMORY_MB", None)
     if limit:
         import resource
@@ -261,6 +363,10 @@ def _child_main() -> None:
     import faulthandler
 
     faulthandler.enable()
+    _preload(preload)
+    target = sys.stdin.readline().strip()  # the job: written when it is handed out; EOF: none comes
+    if not target:
+        os._exit(0)
     payload = json.loads((io_dir / _PAYLOAD).read_text())
     result_path = io_dir / _RESULT
 

@@ -60,6 +60,12 @@ TOLERANCES = {
     "float32": Tolerance(atol=1e-4, rtol=1e-4),
 }
 SMALL_SCALE = 2.0**-9  # inputs of RMS ~0.002: variance ~4e-6, comparable to an RMSNorm eps of 1e-5/1e-6
+# What a unit/gate job imports before it reads its candidate: a child with these already imported
+# (and the CUDA context open) waits for the next job (fastkernels.bench.sandbox, `warm`), so a gate
+# pays neither the interpreter's start nor `import torch`.
+GATE_PRELOAD = ("torch", "triton", "transformers", "transformers.models.auto.configuration_auto",
+                "fastkernels.registry.tasks", "fastkernels.bench.unit",
+                "fastkernels.agent.validate")
 CPU_TIMING_NOTE = "not timed: timings under the Triton interpreter on a CPU are not meaningful"
 POISON_BYTE = 0xFF  # NaN as bf16, fp16 and fp32; -1 as an integer
 
@@ -215,7 +221,8 @@ def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
         "compile_baseline": bool(compile_baseline), "label": label, "require_kernel": bool(require_kernel),
         "compile_cache": bool(compile_cache),
     }
-    job = run_job("fastkernels.bench.unit:_unit_job", payload, timeout=timeout, label=label, env=env)
+    job = run_job("fastkernels.bench.unit:_unit_job", payload, timeout=timeout, label=label, env=env,
+                  warm=GATE_PRELOAD)
     if job.ok:
         report = UnitReport.from_dict(job.value)
         report.seconds = job.seconds
@@ -318,7 +325,7 @@ def run_gate(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
         if cuda_only or "load_inline" in code:
             timeout = max(timeout, v.CUDA_BUILD_TIMEOUT)
         job = run_job("fastkernels.bench.unit:_gate_job", payload, timeout=timeout, label=label,
-                      env=GpuPool.job_env(gpu))
+                      env=GpuPool.job_env(gpu), warm=GATE_PRELOAD)
         validated = json.loads(flag.read_text()) if flag.is_file() else None
     if validated is None:  # it died before validation finished: validate_kernel's own verdict on that
         if job.ok:

@@ -112,3 +112,69 @@ def test_cuda_out_of_bounds_is_a_cuda_error():
     r = job("illegal_memory_access", timeout=120)
     assert not r.ok and r.kind == "cuda_error", (r.kind, r.error)
     assert r.error.startswith("job illegal_memory_access:")
+
+
+def test_warm_child_is_started_ahead_with_its_imports_and_runs_one_job_only(monkeypatch):
+    """With `warm`, the next job's child is started (and imports torch) while this job runs: the
+    second job finds torch already imported and pays no interpreter start; every job still gets a
+    process of its own, with credentials scrubbed; a failure in one leaves the next unharmed."""
+    from fastkernels.bench import sandbox
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    monkeypatch.setenv("FK_WARM_TEST", "1")  # a kind of job of its own: no other test's child is reused
+    probe = "fastkernels.bench.sandbox:probe"
+    try:
+        first = run_job(probe, {}, timeout=120, label="warm 1", warm=("torch",))
+        assert first.ok, first.error
+        time.sleep(0.2)
+        waiting = [c for k, c in sandbox._warm.items() if ("FK_WARM_TEST", "1") in k[0]]
+        assert len(waiting) == 1 and waiting[0].proc.poll() is None  # the next one, waiting
+        deadline = time.monotonic() + 120
+        second = None
+        while time.monotonic() < deadline:  # once it has imported torch, a job starts at once
+            second = run_job(probe, {}, timeout=120, label="warm 2", warm=("torch",))
+            if second.value["torch_preloaded"]:
+                break
+        assert second.ok and second.value["torch_preloaded"], second
+        assert second.value["pid"] != first.value["pid"] and second.value["cwd"] != first.value["cwd"]
+        assert second.value["secrets"] == [] and second.value["interpret"] == "1"
+        # The warm child is the one started for this kind: a job without `warm` never gets it.
+        cold = run_job(probe, {}, timeout=60, label="cold")
+        assert cold.ok and not cold.value["torch_preloaded"]
+        # Failures are still each job's own.
+        died = run_job(probe, {"exit": 3}, timeout=60, label="warm dies", warm=("torch",))
+        assert not died.ok and died.kind == "crash" and "warm dies" in died.error
+        slow = run_job(probe, {"sleep": 30}, timeout=2, label="warm sleeps", warm=("torch",))
+        assert slow.kind == "timeout" and slow.seconds < 15
+        after = run_job(probe, {}, timeout=120, label="warm after", warm=("torch",))
+        assert after.ok and after.value["pid"] not in (first.value["pid"], second.value["pid"])
+    finally:
+        sandbox.shutdown_warm()
+    assert not sandbox._warm
+
+
+def test_waiting_child_ends_with_its_parent(tmp_path):
+    """A child waiting for a job that never comes exits when the process that started it dies."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys\n"
+        "from fastkernels.bench import sandbox\n"
+        "r = sandbox.run_job('fastkernels.bench.sandbox:probe', {}, timeout=60, label='x', warm=('json',))\n"
+        "print([c.proc.pid for c in sandbox._warm.values()][0], flush=True)\n"
+        "os._exit(0)\n"  # no atexit: the waiting child must notice by itself
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    pid = int(out.stdout.strip())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("the waiting child outlived its parent")
