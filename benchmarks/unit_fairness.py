@@ -9,8 +9,11 @@ per operator (fastkernels.bench.unit.run_unit_many):
   (b) a cheating candidate (the baseline that caches its first output and returns it for every new
       input): must be caught;
 and for rms_norm the whole cheat corpus of tests/engine/cheats in one more child (side streams
-included, which only a GPU can show). Then the wall time of the agent's gate (validate + unit test)
-for one L1 candidate, cold and warm, the sandbox's child start cost and an out-of-bounds kernel.
+included, which only a GPU can show). Before (a) and (b), which take most of the time: the wall time
+of the agent's gate (validate + unit test) for one L1 candidate, cold and warm (the second round
+finds its child started ahead: fastkernels.bench.sandbox `warm`), the sandbox's child start cost and
+an out-of-bounds kernel. `--ops` restricts (a) and (b) to a subset, e.g. to finish a run that a
+budget cut short.
 
 Results are written after every step (PREFIX.json and PREFIX.md), so a run stopped by a timeout
 still leaves what it measured; --budget-s skips what would start after the budget is spent.
@@ -217,30 +220,6 @@ def main() -> int:
             job = precompiled[spec.key].result()  # timing waits until no compile runs beside it
             result.setdefault("precompile", {})[spec.key] = {"kind": job.kind, "seconds": job.seconds,
                                                              "per_shape_s": job.value, "error": job.error}
-    for spec in specs:
-        if over_budget(f"{spec.key}: baseline as candidate and caching cheat"):
-            continue
-        t0 = time.time()
-        got = run_unit_many(spec, {"baseline": spec.source_code, "caching cheat": caching_cheat(spec)},
-                            seeds=args.seeds, require_kernel=False, compile_baseline=not args.no_compile,
-                            compile_cache=False)
-        fair, cheat = got["baseline"], got["caching cheat"]
-        speedups = [s.speedup_vs_eager for s in fair.shapes if s.speedup_vs_eager is not None]
-        result["fair"].append({"op": spec.key, "passed": fair.passed, "error": fair.error,
-                               "speedups_vs_eager": speedups,
-                               "within": all(abs(x - 1) <= FAIR_WITHIN for x in speedups) and bool(speedups),
-                               "seconds": time.time() - t0, "ceilings": fair.ceilings})
-        result["rows"] += shape_rows(fair, "baseline as candidate")
-        result["cheats"].append({"op": spec.key, "cheat": "caches its first output", "caught": not cheat.passed,
-                                 "message": cheat.failure_message()})
-        lb = [s.shape for s in fair.shapes if s.launch_bound]
-        print(f"{spec.key:22s} baseline-as-candidate passed={fair.passed} speedups={[round(x, 3) for x in speedups]}"
-              f" launch-bound={lb} ({time.time() - t0:.0f} s)" + (f" error={fair.failure_message()}" if not fair.passed else ""),
-              flush=True)
-        print(f"{spec.key:22s} caching cheat caught={not cheat.passed}: {last_line(cheat.failure_message())[:150]}",
-              flush=True)
-        save()
-
     if rms is not None:
         # The agent's gate for one candidate, as the agent runs it (validate_kernel, then run_unit
         # with the compiled baseline's time from this GPU's cache), then as run_gate (both in one
@@ -283,6 +262,30 @@ def main() -> int:
         oob = run_job("tests.engine.cheats.faults:illegal_memory_access", {}, timeout=120, label="out-of-bounds kernel")
         result["fault_illegal_memory_access"] = {"kind": oob.kind, "error": oob.error}
         print(f"illegal memory access job: kind={oob.kind}: {oob.error}", flush=True)
+
+    for spec in specs:
+        if over_budget(f"{spec.key}: baseline as candidate and caching cheat"):
+            continue
+        t0 = time.time()
+        got = run_unit_many(spec, {"baseline": spec.source_code, "caching cheat": caching_cheat(spec)},
+                            seeds=args.seeds, require_kernel=False, compile_baseline=not args.no_compile,
+                            compile_cache=False)
+        fair, cheat = got["baseline"], got["caching cheat"]
+        speedups = [s.speedup_vs_eager for s in fair.shapes if s.speedup_vs_eager is not None]
+        result["fair"].append({"op": spec.key, "passed": fair.passed, "error": fair.error,
+                               "speedups_vs_eager": speedups,
+                               "within": all(abs(x - 1) <= FAIR_WITHIN for x in speedups) and bool(speedups),
+                               "seconds": time.time() - t0, "ceilings": fair.ceilings})
+        result["rows"] += shape_rows(fair, "baseline as candidate")
+        result["cheats"].append({"op": spec.key, "cheat": "caches its first output", "caught": not cheat.passed,
+                                 "message": cheat.failure_message()})
+        lb = [s.shape for s in fair.shapes if s.launch_bound]
+        print(f"{spec.key:22s} baseline-as-candidate passed={fair.passed} speedups={[round(x, 3) for x in speedups]}"
+              f" launch-bound={lb} ({time.time() - t0:.0f} s)" + (f" error={fair.failure_message()}" if not fair.passed else ""),
+              flush=True)
+        print(f"{spec.key:22s} caching cheat caught={not cheat.passed}: {last_line(cheat.failure_message())[:150]}",
+              flush=True)
+        save()
 
     fair_ok = (all(f["passed"] and f["within"] for f in result["fair"]) and all(c["caught"] for c in result["cheats"])
                and result.get("fault_illegal_memory_access", {}).get("kind") == "cuda_error" and not result["skipped"])
