@@ -56,8 +56,8 @@ def main() -> int:
         print(f"{mode}:", flush=True)
         unit.GATE_PRELOAD = preload
         sandbox.shutdown_warm()
-        if preload:  # the first child of this kind is started ahead, as the agent's first gate would
-            sandbox.run_job("fastkernels.bench.sandbox:probe", {}, timeout=300, label="start", warm=preload)
+        if preload:  # as the agent does before its first gate
+            sandbox.prewarm(preload)
         results[mode] = gates(specs, args.rounds)
     sandbox.shutdown_warm()
     lines = [f"# Gate wall time: validate + unit benchmark of one L1 candidate ({device})", "",

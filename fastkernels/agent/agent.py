@@ -459,6 +459,16 @@ class Agent:
         self._track().log_e2e(data)
         return data
 
+    def _prewarm_gates(self) -> None:
+        """Start one gate child per GPU ahead (imports and CUDA context done while the LLM writes),
+        and keep one waiting for each gate after that (fastkernels.bench.sandbox `prewarm`)."""
+        from fastkernels.bench.devices import GpuPool
+        from fastkernels.bench.sandbox import prewarm
+        from fastkernels.bench.unit import GATE_PRELOAD
+
+        for gpu in self.gpus.gpus or [None]:
+            prewarm(GATE_PRELOAD, env=GpuPool.job_env(gpu))
+
     def _generate_all(self, ops: list[str]) -> None:
         with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="fk-gen") as pool:
             futures = [pool.submit(self.generate_op, op) for op in ops]
@@ -484,6 +494,8 @@ class Agent:
                 skipped = len(self.states) - len(todo)
                 if skipped:
                     self.emit(ev.Message(text=f"resumed: {skipped} operator(s) already done"))
+                if todo and not cfg.skip_unit_tests:
+                    self._prewarm_gates()
                 self._generate_all(todo)
                 if cfg.e2e and not self.cancelled:
                     for round_ in range(cfg.blame_rounds + 1):

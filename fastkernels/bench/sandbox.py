@@ -16,12 +16,13 @@ temporary working directory, with API keys and tokens removed from its environme
 Every failure carries one line that says which job (`label`) failed and how.
 
 `warm=("torch", ...)`: most of a job's start is the interpreter and `import torch` (seconds; on a
-GPU also the CUDA context). With `warm`, the child for the NEXT job of the same kind (same
-environment, same preloads) is started as soon as this one is handed out: it imports those modules
-(and opens the CUDA context when it will use a GPU), then waits for its job. Isolation is unchanged:
-every job still runs in a process of its own that has run nothing else, and only our own modules are
-imported before the job's payload arrives. A waiting child ends when its parent does (it reads EOF);
-`shutdown_warm()` ends them at once.
+GPU also the CUDA context). Once `prewarm` has turned warm starts on for a kind of job (same
+environment, same preloads), the child for the NEXT job of that kind is started as soon as one is
+handed out: it imports those modules (and opens the CUDA context when it will use a GPU), then
+waits for its job. Isolation is unchanged: every job still runs in a process of its own that has run
+nothing else, and only our own modules and the frameworks are imported before the job's payload
+arrives. A waiting child ends when its parent does (it reads EOF); `shutdown_warm()` ends them at
+once. Without `prewarm`, `warm` changes nothing (a one-off job would only pay for a spare child).
 
 This module imports only the standard library: the child starts by importing it, and the cost of
 a job's start is one interpreter start plus whatever its function imports (torch is the big one).
@@ -188,6 +189,7 @@ class _Child:
 
 
 _warm: dict[tuple, _Child] = {}  # insertion order: the oldest first
+_warm_kinds: set[tuple] = set()  # (environment, preloads) of the jobs that start warm (`prewarm`)
 _warm_lock = threading.Lock()
 MAX_WARM = 4  # waiting children kept at most (one per GPU and kind of job is what a run uses)
 
@@ -197,6 +199,7 @@ def shutdown_warm() -> None:
     with _warm_lock:
         children = list(_warm.values())
         _warm.clear()
+        _warm_kinds.clear()
     for child in children:
         child.discard()
 
@@ -217,15 +220,44 @@ def _environ_for(env: dict | None, interpret: bool | None, memory_limit_mb: int 
     return environ
 
 
+def _key(environ: dict, preload: tuple[str, ...]) -> tuple:
+    return tuple(sorted(environ.items())), tuple(preload)
+
+
+def prewarm(preload: tuple[str, ...], *, env: dict | None = None, interpret: bool | None = None,
+            memory_limit_mb: int | None = None) -> None:
+    """Turn on warm starts for jobs run with this environment and `warm=preload`: a child that has
+    imported `preload` waits for the first of them now, and each such job starts the next one's
+    child (module docstring). For a caller about to run a series of jobs (the agent's gates)."""
+    environ = _environ_for(env, interpret, memory_limit_mb)
+    key = _key(environ, tuple(preload))
+    with _warm_lock:
+        _warm_kinds.add(key)
+        child = _warm.get(key)
+        if child is None or child.proc.poll() is not None:
+            _warm[key] = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, tuple(preload))
+        evicted = _evict(key)
+    for old in evicted:
+        old.discard()
+
+
+def _evict(keep: tuple) -> list:
+    """The oldest waiting children over MAX_WARM, taken out (their kind's warm starts end)."""
+    stale = [k for k in _warm if k != keep][: max(0, len(_warm) - MAX_WARM)]
+    for k in stale:
+        _warm_kinds.discard(k)
+    return [_warm.pop(k) for k in stale]
+
+
 def _take_child(environ: dict, cwd: str | None, warm: tuple[str, ...]) -> _Child:
-    """A child for one job: the waiting one of this kind if there is one (and, with `warm`, start
-    the next one's imports now), else a fresh one."""
-    if cwd is not None or not warm:
+    """A child for one job: the one waiting for a job of this kind if warm starts are on for it
+    (`prewarm`), starting the next one's imports now; else a fresh one."""
+    key = _key(environ, warm)
+    if cwd is not None or not warm or key not in _warm_kinds:
         own = cwd is None
         workdir = Path(tempfile.mkdtemp(prefix="fk-job-")) if own else Path(cwd)
         workdir.mkdir(parents=True, exist_ok=True)
         return _Child(environ, workdir, own)
-    key = (tuple(sorted(environ.items())), tuple(warm))
     with _warm_lock:
         child = _warm.pop(key, None)
         if child is not None and child.proc.poll() is not None:  # it died waiting (killed from outside)
@@ -234,8 +266,7 @@ def _take_child(environ: dict, cwd: str | None, warm: tuple[str, ...]) -> _Child
         if child is None:
             child = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, warm)
         _warm[key] = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, warm)
-        stale = [k for k in _warm if k != key][: max(0, len(_warm) - MAX_WARM)]
-        evicted = [_warm.pop(k) for k in stale]
+        evicted = _evict(key)
     for old in evicted:
         old.discard()
     return child
@@ -253,9 +284,9 @@ def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str 
         has no CUDA GPU.
     memory_limit_mb: an address-space limit for the child (CPU jobs only: CUDA reserves far more
         virtual memory than it uses, so leave it None on a GPU).
-    warm: modules the job imports first (e.g. ("torch", "fastkernels.bench.unit")): run in a child
-        started beforehand with them imported, and start the next such child now (module docstring).
-        Ignored with `cwd`.
+    warm: modules the job imports first (e.g. ("torch", "fastkernels.bench.unit")): where `prewarm`
+        turned warm starts on for this kind of job, run in a child started beforehand with them
+        imported, and start the next such child now (module docstring). Ignored with `cwd`.
     """
     if ":" not in target:
         raise ValueError(f"target must be 'package.module:function', got {target!r}")

@@ -239,6 +239,12 @@ def test_kernel_blamed_end_to_end_is_regenerated(tmp_path):
     assert [r.passed for r in results] == [False, True]
     assert summary["passing"] == 1 and summary["e2e"]["passed"]
     assert (tmp_path / "out" / "L1" / "rms_norm.py").read_text() == good
+    # Gates ran in children started ahead: one still waits for the next gate (ended below).
+    from fastkernels.bench import sandbox
+    from fastkernels.bench.unit import GATE_PRELOAD
+
+    assert any(k[1] == GATE_PRELOAD and c.proc.poll() is None for k, c in sandbox._warm.items())
+    sandbox.shutdown_warm()
     # The last end-to-end report and the run's summary are kept on disk beside the kernels.
     saved_e2e = json.loads((tmp_path / "out" / "L1" / "e2e.json").read_text())
     assert saved_e2e["passed"] and saved_e2e["verdict"] == summary["e2e"]["verdict"]

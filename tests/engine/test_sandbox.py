@@ -124,6 +124,10 @@ def test_warm_child_is_started_ahead_with_its_imports_and_runs_one_job_only(monk
     monkeypatch.setenv("FK_WARM_TEST", "1")  # a kind of job of its own: no other test's child is reused
     probe = "fastkernels.bench.sandbox:probe"
     try:
+        # Without prewarm, `warm` starts nothing ahead (a one-off job must not pay for a spare child).
+        run_job(probe, {}, timeout=120, label="one-off", warm=("torch",))
+        assert not [k for k in sandbox._warm if ("FK_WARM_TEST", "1") in k[0]]
+        sandbox.prewarm(("torch",))
         first = run_job(probe, {}, timeout=120, label="warm 1", warm=("torch",))
         assert first.ok, first.error
         time.sleep(0.2)
@@ -162,7 +166,7 @@ def test_waiting_child_ends_with_its_parent(tmp_path):
     script.write_text(
         "import os, sys\n"
         "from fastkernels.bench import sandbox\n"
-        "r = sandbox.run_job('fastkernels.bench.sandbox:probe', {}, timeout=60, label='x', warm=('json',))\n"
+        "sandbox.prewarm(('json',))\n"
         "print([c.proc.pid for c in sandbox._warm.values()][0], flush=True)\n"
         "os._exit(0)\n"  # no atexit: the waiting child must notice by itself
     )
