@@ -210,3 +210,20 @@ def test_library_kernels_pass_end_to_end_under_the_interpreter():
     assert report.token_match == 1.0
     assert report.passed, report.verdict
     assert report.logit_rel_error > 0, "the library kernels round differently from eager: some error is expected"
+
+
+def test_verdict_puts_the_token_match_beside_the_fp32_baselines_own():
+    """With random weights greedy tokens can diverge at the first step under any rounding change:
+    the verdict then says how well the fp32 baseline itself matches, so 0% is read for what it is."""
+    base = {"model_id": MODELS["llama"], "level": 1, "tiny": False, "candidates": [], "device": "cuda:0",
+            "logit_rel_error": 0.0823, "logit_rel_error_noise": 0.0841, "top1_agreement": 0.78,
+            "top1_agreement_noise": 0.81, "shadow": {"passed": True, "failures": [], "ops": []}}
+    flat = E2EReport.from_dict({**base, "token_match": 0.0, "token_match_noise": 0.0})
+    _judge(flat)
+    assert flat.passed and "token match 0% (the baseline in fp32 matches 0%)" in flat.verdict, flat.verdict
+    exact = E2EReport.from_dict({**base, "token_match": 1.0, "token_match_noise": 1.0})
+    _judge(exact)
+    assert exact.passed and "token match 100%" in exact.verdict and "baseline in fp32" not in exact.verdict
+    off = E2EReport.from_dict({**base, "logit_rel_error": 0.5, "token_match": 0.0, "token_match_noise": 0.0})
+    _judge(off)
+    assert not off.passed and "above" in off.verdict
