@@ -531,6 +531,8 @@ class Agent:
             rows.append({
                 "op": op, "status": s.status.value, "attempts": s.attempt, "origin": s.origin,
                 "correct": s.status in ACCEPTED, "speedup": s.best_speedup,
+                "vs_eager": _speedup_range(s.unit, "speedup_vs_eager"),
+                "vs_compile": _speedup_range(s.unit, "speedup_vs_compile"),
                 "roofline": _best_roofline(s.unit) if s.unit else None,
                 "path": str(s.path) if s.path else None, "error": s.last_error,
                 "timing_note": (s.unit or {}).get("timing_note", ""),
@@ -571,6 +573,12 @@ def _best_speedup(unit: dict | None) -> float | None:
         return None
     vals = [s.get("speedup_vs_eager") for s in unit.get("shapes", []) if s.get("speedup_vs_eager")]
     return max(vals) if vals else None
+
+
+def _speedup_range(unit: dict | None, key: str) -> list[float] | None:
+    """[lowest, highest] of one speedup over the timed shapes (None when nothing was timed)."""
+    vals = [s[key] for s in (unit or {}).get("shapes", []) if s.get(key) and s.get("passed")]
+    return [min(vals), max(vals)] if vals else None
 
 
 def _best_roofline(unit: dict | None) -> float | None:

@@ -110,9 +110,18 @@ def _plain_line(event: ev.Event) -> str | None:
     return None
 
 
+def _span(pair) -> str:
+    """A speedup over the operator's shapes: one figure, or lowest-highest."""
+    if not pair:
+        return "-"
+    lo, hi = pair
+    return f"{lo:.2f}x" if abs(hi - lo) < 0.005 else f"{lo:.2f}-{hi:.2f}x"
+
+
 def summary_table(summary: dict) -> Table:
     t = Table(title=f"{summary['model']} · level {summary['level']} · backend {summary['backend']}")
-    for col in ("operator", "status", "from", "attempts", "correct", "speedup", "% of roofline", "file"):
+    for col in ("operator", "status", "from", "attempts", "correct", "vs eager", "vs torch.compile",
+                "% of roofline", "file"):
         t.add_column(col)
     notes = {r.get("timing_note") for r in summary["ops"] if r.get("timing_note")}
     if notes:
@@ -120,7 +129,7 @@ def summary_table(summary: dict) -> Table:
     for r in summary["ops"]:
         t.add_row(
             r["op"], r["status"], r.get("origin") or "-", str(r["attempts"]), "yes" if r["correct"] else "no",
-            f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
+            _span(r.get("vs_eager")), _span(r.get("vs_compile")),
             f"{100 * r['roofline']:.0f}%" if r.get("roofline") else "-",
             r["path"] or "-",
         )

@@ -913,7 +913,7 @@ def report_renderables(r: E2EReport) -> list:
     t.add_row("NaN/Inf in logits", "yes" if r.has_nan else "no", "")
     out.append(t)
     if r.timings:
-        t = Table(title="timing (medians of timed runs, each after a warm-up; [min - max] beside)")
+        t = Table(title="timing (medians of timed runs, each after a warm-up; \\[min - max] beside)")
         for col in ("model", "attention", "runs", "prefill ms", "decode tok/s", "note"):
             t.add_column(col)
         for name in ("baseline_eager", "baseline_eager_attention", "baseline_this_set", "baseline_compiled", "patched"):

@@ -227,3 +227,19 @@ def test_verdict_puts_the_token_match_beside_the_fp32_baselines_own():
     off = E2EReport.from_dict({**base, "logit_rel_error": 0.5, "token_match": 0.0, "token_match_noise": 0.0})
     _judge(off)
     assert not off.passed and "above" in off.verdict
+
+
+def test_report_tables_render_their_titles_whole():
+    """Rich reads "[...]" as markup: the timing table's title must still say what its brackets mean."""
+    from rich.console import Console
+
+    from fastkernels.bench.e2e import report_renderables
+
+    r = E2EReport.from_dict({"model_id": MODELS["llama"], "level": 1, "tiny": True, "candidates": [],
+                             "device": "cpu", "verdict": "pass", "passed": True,
+                             "timings": {"baseline_eager": {"attention": "sdpa", "reps": 2, "decode_tok_s": 10.0,
+                                                            "decode_tok_s_min": 9.0, "decode_tok_s_max": 11.0}}})
+    console = Console(width=300, record=True)
+    for part in report_renderables(r):
+        console.print(part)
+    assert "each after a warm-up; [min - max] beside" in console.export_text()

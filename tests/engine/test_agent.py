@@ -325,3 +325,32 @@ def test_cuda_builds_run_before_the_gpu_is_taken(tmp_path, monkeypatch):
     verdict["ok"] = False
     ok, error, _ = agent._check(state, cuda_code)
     assert not ok and "identifier x is undefined" in error and calls == ["build"]
+
+
+def test_summary_shows_speedups_against_eager_and_torch_compile_over_the_shapes(tmp_path):
+    """The summary table gives both bars, lowest-highest over the shapes: a kernel 10x faster than
+    eager but level with torch.compile must not read as a 10x win. Real unit reports from the H100
+    (benchmarks/results/cuda_library/unit.json) stand in for a GPU run."""
+    from rich.console import Console
+
+    from fastkernels.agent.progress import summary_table
+
+    root = Path(__file__).resolve().parents[2]
+    units = json.loads((root / "benchmarks/results/cuda_library/unit.json").read_text())["ops"]
+    agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm", "silu_and_mul"], out_dir=tmp_path),
+                  sink=ev.Recorder(), backend=get_backend("library"))
+    agent.discover()
+    for op in ("rms_norm", "silu_and_mul"):
+        agent.states[op].unit = units[op]["triton"]
+        agent.states[op].status = OpStatus.APPROVED
+    rows = {r["op"]: r for r in agent.summary()["ops"]}
+    shapes = [s for s in units["rms_norm"]["triton"]["shapes"] if s.get("speedup_vs_compile")]
+    assert rows["rms_norm"]["vs_compile"] == [min(s["speedup_vs_compile"] for s in shapes),
+                                              max(s["speedup_vs_compile"] for s in shapes)]
+    assert rows["rms_norm"]["vs_eager"][1] > 5 and rows["rms_norm"]["vs_compile"][1] < 2
+    console = Console(width=200, record=True)
+    console.print(summary_table(agent.summary()))
+    text = console.export_text()
+    assert "vs torch.compile" in text
+    lo, hi = rows["rms_norm"]["vs_compile"]
+    assert f"{lo:.2f}-{hi:.2f}x" in text
