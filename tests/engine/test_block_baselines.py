@@ -141,12 +141,12 @@ def test_cost_counts_the_weights_and_the_matmuls(model):
             task = load_task(level, op)
             if config.model_type not in task.FAMILIES:
                 continue
-            with torch.device("meta"):
-                module = getattr(task, task.CLASS_NAME)(**task.init_args(config))
+            shapes = task.shapes(config, workload)
+            with torch.device("meta"):  # the module the unit shapes describe (L4: UNIT_LAYERS deep)
+                module = getattr(task, task.CLASS_NAME)(**{**task.init_args(config), **shapes["prefill"].get("init", {})})
             params = sum(p.numel() for p in module.parameters())
             experts = sum(p.numel() for n, p in module.named_parameters() if ".experts." in f".{n}")
             embedding = sum(p.numel() for n, p in module.named_parameters() if "embed_tokens" in n)
-            shapes = task.shapes(config, workload)
             prefill = task.cost(config, shapes["prefill"], torch.bfloat16)
             decode = task.cost(config, shapes["decode"], torch.bfloat16)
             tokens = shapes["prefill"]["batch"] * shapes["prefill"]["seq"]
@@ -158,3 +158,26 @@ def test_cost_counts_the_weights_and_the_matmuls(model):
             # decode reads at least every non-expert weight once (bf16: 2 bytes)
             assert decode["bytes"] >= 2 * dense, (model, op)
             assert prefill["flops"] > 10 * decode["flops"], (model, op)
+
+
+def test_whole_model_unit_shapes_keep_the_width_and_cut_the_depth():
+    """At full size the L4 unit benchmark runs the model's width and vocabulary over UNIT_LAYERS
+    layers (three full-depth copies of an 8B model in fp32 do not fit one GPU); the inputs carry one
+    cache per layer it has; tiny models keep all their layers."""
+    task = load_task(4, "causal_lm")
+    full = build_spec(4, "causal_lm", "meta-llama/Llama-3.1-8B-Instruct", tiny=False)
+    config = resolve("meta-llama/Llama-3.1-8B-Instruct").hf_config()
+    assert config.num_hidden_layers == 32 and task.UNIT_LAYERS == 2
+    for name, shape in full.shapes.items():
+        init = full.init_args_for(name)
+        assert init["num_layers"] == shape["layers"] == 2, name
+        assert init["hidden_size"] == 4096 and init["vocab_size"] == 128256, name
+    decode = full.shapes["decode"]
+    ids, keys, values = task.make_inputs(config, decode, torch.bfloat16, "cpu", torch.Generator().manual_seed(0))
+    assert len(keys) == len(values) == 2 and keys[0].shape == (1, 8, decode["past"], 128)
+    # cost: two layers' weights and cache, not 32
+    deep = task.cost(config, {k: v for k, v in decode.items() if k != "layers"}, torch.bfloat16)
+    shallow = task.cost(config, decode, torch.bfloat16)
+    assert 4 * shallow["bytes"] < deep["bytes"]
+    tiny = build_spec(4, "causal_lm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True)
+    assert all("init" not in s and "layers" not in s for s in tiny.shapes.values())

@@ -358,10 +358,19 @@ def init_args(config):
     }
 
 
+# The unit benchmark's depth: every layer of a model runs the same code at the same width, and a
+# full-depth copy does not fit one GPU three times over (candidate, baseline, fp32 reference: an 8B
+# model in fp32 is 32 GB). The unit shapes keep the model's full width and vocabulary with this
+# many layers; the end-to-end benchmark runs the candidate over all of them in the real model.
+UNIT_LAYERS = 2
+
+
 def shapes(config, workload):
+    layers = min(config.num_hidden_layers, UNIT_LAYERS)
+    extra = {"layers": layers, "init": {"num_layers": layers}} if layers < config.num_hidden_layers else {}
     return {
-        "prefill": {"batch": workload.batch, "seq": workload.prefill_len, "past": 0, "bound": "compute"},
-        "decode": {"batch": workload.batch, "seq": 1, "past": workload.decode_context, "bound": "memory"},
+        "prefill": {"batch": workload.batch, "seq": workload.prefill_len, "past": 0, "bound": "compute", **extra},
+        "decode": {"batch": workload.batch, "seq": 1, "past": workload.decode_context, "bound": "memory", **extra},
     }
 
 
@@ -373,14 +382,15 @@ def make_inputs(config, shape, dtype, device, generator):
     def draw(*size):
         return torch.randn(*size, dtype=torch.float32, device=device, generator=generator).to(dtype)
 
-    past_keys = [draw(b, hkv, p, d) for _ in range(config.num_hidden_layers)]
-    past_values = [draw(b, hkv, p, d) for _ in range(config.num_hidden_layers)]
+    layers = shape.get("layers", config.num_hidden_layers)
+    past_keys = [draw(b, hkv, p, d) for _ in range(layers)]
+    past_values = [draw(b, hkv, p, d) for _ in range(layers)]
     return input_ids, past_keys, past_values
 
 
 def cost(config, shape, dtype):
     b, s, p, d = shape["batch"], shape["seq"], shape["past"], _head_dim(config)
-    h, v, n = config.hidden_size, config.vocab_size, config.num_hidden_layers
+    h, v, n = config.hidden_size, config.vocab_size, shape.get("layers", config.num_hidden_layers)
     hq, hkv = config.num_attention_heads, config.num_key_value_heads
     size = torch.empty((), dtype=dtype).element_size()
     tokens = b * s
