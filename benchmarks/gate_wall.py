@@ -52,12 +52,11 @@ def main() -> int:
     specs = [s for s in discover(args.model, 1, tiny=args.tiny) if s.name in names]
     device = "cuda" if sandbox.cuda_present() else "cpu (Triton interpreter, tiny shapes)"
     results = {}
-    for mode, preload in (("cold start", ()), ("warm start", unit.GATE_PRELOAD)):
+    for mode, warm in (("cold start", False), ("warm start", True)):
         print(f"{mode}:", flush=True)
-        unit.GATE_PRELOAD = preload
-        sandbox.shutdown_warm()
-        if preload:  # as the agent does before its first gate
-            sandbox.prewarm(preload)
+        sandbox.shutdown_warm()  # warm starts only where prewarm turns them on
+        if warm:  # as the agent does before its first gate
+            sandbox.prewarm(unit.GATE_PRELOAD)
         results[mode] = gates(specs, args.rounds)
     sandbox.shutdown_warm()
     lines = [f"# Gate wall time: validate + unit benchmark of one L1 candidate ({device})", "",

@@ -278,21 +278,19 @@ class Agent:
     def _check(self, state: OpState, code: str) -> tuple[bool, str | None, str]:
         """Validate, then unit-test unless skipped, in one sandboxed child holding one GPU.
         Returns (passed, error, stage)."""
+        from fastkernels.agent.validate import builds_cuda, validate_kernel
+
         spec = state.spec
         report = None
         if self.config.skip_unit_tests:
-            from fastkernels.agent.validate import validate_kernel
-
             result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
         else:
             from fastkernels.bench.unit import run_gate
 
-            if _builds_cuda(code, self.config.cuda_only) and self.gpus.gpus:
+            if builds_cuda(code, self.config.cuda_only) and self.gpus.gpus:
                 # Compile before taking the GPU: nvcc needs only the CPU, so every operator's build
                 # runs at once instead of each holding the GPU (and the others' timing) for ~40 s.
                 # The gate's own import then loads the build from the cache.
-                from fastkernels.agent.validate import validate_kernel
-
                 built = validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
                 if not built.ok:
                     return False, built.error, built.stage
@@ -561,11 +559,6 @@ def prompt_text(prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     return f"# system\n\n{getattr(prompt, 'system', '')}\n\n# user\n\n{getattr(prompt, 'user', '')}"
-
-
-def _builds_cuda(code: str, cuda_only: bool) -> bool:
-    """Whether importing the candidate compiles CUDA C++ (raw CUDA through load_inline)."""
-    return cuda_only or "load_inline" in code
 
 
 def _best_speedup(unit: dict | None) -> float | None:

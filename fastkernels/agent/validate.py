@@ -251,6 +251,12 @@ def _validate_in_child(payload: dict) -> dict:
     return {"stage": None, "error": ""}
 
 
+def builds_cuda(code: str, cuda_only: bool = False) -> bool:
+    """Whether importing the candidate compiles CUDA C++ (raw CUDA through load_inline): its first
+    import then takes a compiler's time, not an import's."""
+    return cuda_only or "load_inline" in code
+
+
 def validate_kernel(code: str, expected_class_name: str, *, spec=None, cuda_only: bool = False,
                     timeout: float = 60.0) -> ValidationResult:
     """Check a candidate kernel file: static checks here, then import + class + `__init__` (with the
@@ -261,7 +267,7 @@ def validate_kernel(code: str, expected_class_name: str, *, spec=None, cuda_only
     bad = static_check(code, expected_class_name, cuda_only=cuda_only)
     if bad is not None:
         return bad
-    if cuda_only or "load_inline" in code:
+    if builds_cuda(code, cuda_only):
         # Importing compiles the CUDA (torch/extension.h alone is ~20-40 s of host compiler): a first
         # build needs far longer than an import. Later imports load it from the cache in milliseconds.
         timeout = max(timeout, CUDA_BUILD_TIMEOUT)

@@ -322,7 +322,7 @@ def run_gate(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
             "kernel_names": kernel_names(code), "compile_baseline": bool(compile_baseline), "label": label,
             "require_kernel": True, "compile_cache": True, "validate": vpayload, "validated_flag": str(flag),
         }
-        if cuda_only or "load_inline" in code:
+        if v.builds_cuda(code, cuda_only):
             timeout = max(timeout, v.CUDA_BUILD_TIMEOUT)
         job = run_job("fastkernels.bench.unit:_gate_job", payload, timeout=timeout, label=label,
                       env=GpuPool.job_env(gpu), warm=GATE_PRELOAD)
