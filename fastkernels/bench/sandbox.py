@@ -162,8 +162,12 @@ def _classify_text(text: str) -> str | None:
 class _Child:
     """A spawned child waiting for (warm) or given (cold) its job, with its directories."""
 
-    def __init__(self, environ: dict, workdir: Path, own_dir: bool, preload: tuple[str, ...] = ()) -> None:
-        self.workdir, self.own_dir = workdir, own_dir
+    def __init__(self, environ: dict, cwd: str | None = None, preload: tuple[str, ...] = ()) -> None:
+        # its own temporary working directory (removed afterwards) unless the caller gave one
+        self.own_dir = cwd is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="fk-job-")) if self.own_dir else Path(cwd)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        workdir = self.workdir
         self.io_dir = Path(tempfile.mkdtemp(prefix="fk-io-"))  # the child's reports, out of its reach by name
         self.stderr_path = self.io_dir / "stderr.txt"
         cmd = [sys.executable, "-c", "from fastkernels.bench.sandbox import _child_main; _child_main()",
@@ -233,20 +237,18 @@ def prewarm(preload: tuple[str, ...], *, env: dict | None = None, interpret: boo
     key = _key(environ, tuple(preload))
     with _warm_lock:
         _warm_kinds.add(key)
-        child = _warm.get(key)
-        if child is None or child.proc.poll() is not None:
-            _warm[key] = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, tuple(preload))
-        evicted = _evict(key)
-    for old in evicted:
-        old.discard()
+        _refill(key, environ, tuple(preload))
 
 
-def _evict(keep: tuple) -> list:
-    """The oldest waiting children over MAX_WARM, taken out (their kind's warm starts end)."""
-    stale = [k for k in _warm if k != keep][: max(0, len(_warm) - MAX_WARM)]
-    for k in stale:
+def _refill(key: tuple, environ: dict, preload: tuple[str, ...]) -> None:
+    """(Under _warm_lock) a child waiting for the next job of this kind; the oldest waiting children
+    over MAX_WARM are ended (their kinds' warm starts with them)."""
+    child = _warm.get(key)
+    if child is None or child.proc.poll() is not None:
+        _warm[key] = _Child(environ, preload=preload)
+    for k in [k for k in _warm if k != key][: max(0, len(_warm) - MAX_WARM)]:
         _warm_kinds.discard(k)
-    return [_warm.pop(k) for k in stale]
+        _warm.pop(k).discard()
 
 
 def _take_child(environ: dict, cwd: str | None, warm: tuple[str, ...]) -> _Child:
@@ -254,21 +256,14 @@ def _take_child(environ: dict, cwd: str | None, warm: tuple[str, ...]) -> _Child
     (`prewarm`), starting the next one's imports now; else a fresh one."""
     key = _key(environ, warm)
     if cwd is not None or not warm or key not in _warm_kinds:
-        own = cwd is None
-        workdir = Path(tempfile.mkdtemp(prefix="fk-job-")) if own else Path(cwd)
-        workdir.mkdir(parents=True, exist_ok=True)
-        return _Child(environ, workdir, own)
+        return _Child(environ, cwd)
     with _warm_lock:
         child = _warm.pop(key, None)
-        if child is not None and child.proc.poll() is not None:  # it died waiting (killed from outside)
-            child.discard()
-            child = None
-        if child is None:
-            child = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, warm)
-        _warm[key] = _Child(environ, Path(tempfile.mkdtemp(prefix="fk-job-")), True, warm)
-        evicted = _evict(key)
-    for old in evicted:
-        old.discard()
+        if child is None or child.proc.poll() is not None:  # none yet, or it died waiting
+            if child is not None:
+                child.discard()
+            child = _Child(environ, preload=warm)
+        _refill(key, environ, warm)
     return child
 
 
