@@ -604,6 +604,71 @@ def _params_to(model, dtype) -> None:
         p.data = p.data.to(dtype)
 
 
+def _decoder_layers(model):
+    """The model's stack of decoder layers: the ModuleList holding the most parameters."""
+    import torch
+
+    best, best_n = None, 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) > 1:
+            n = sum(p.numel() for p in m.parameters())
+            if n > best_n:
+                best, best_n = m, n
+    return best
+
+
+def _noise_floor_layerwise(model, mode: str = "auto") -> str:
+    """Why the noise floor must cast one decoder layer at a time ("" when the whole model may go
+    to fp32 at once). `mode`: "auto" (layerwise only where the fp32 copy does not fit the free GPU
+    memory, e.g. one rank of Mixtral-8x7B at --tp 2 on an 80 GB card: 43.7 GiB of bf16 would
+    need 87 GiB), "layerwise" or "whole"."""
+    import torch
+
+    if mode not in ("auto", "layerwise", "whole"):
+        raise ValueError(f"noise_floor must be auto, layerwise or whole, not {mode!r}")
+    if mode == "whole" or _decoder_layers(model) is None:
+        return ""
+    if mode == "layerwise":
+        return "asked for"
+    params = list(model.parameters())
+    if not params or params[0].device.type != "cuda":
+        return ""
+    extra = sum(p.numel() * max(4 - p.element_size(), 0) for p in params)
+    free, _ = torch.cuda.mem_get_info(params[0].device)
+    headroom = 2 << 30  # fp32 activations, logits and the KV cache of the short generation
+    if extra + headroom <= free:
+        return ""
+    return f"casting all of it needs {extra / 2**30:.1f} GiB more, {free / 2**30:.1f} GiB free"
+
+
+@contextlib.contextmanager
+def _fp32_parameters(model, dtype, layerwise: bool = False):
+    """The model's parameters in fp32 inside the block, back in `dtype` after it (exactly: the
+    round trip is lossless). Layerwise, everything outside the decoder layers goes to fp32 for the
+    whole block and each decoder layer only while it runs (forward hooks), so at most one layer's
+    fp32 copy exists at a time; the arithmetic is the same as casting everything at once."""
+    import torch
+
+    hooks = []
+    layers = _decoder_layers(model) if layerwise else None
+    try:
+        if layers is None:
+            _params_to(model, torch.float32)
+        else:
+            inside = {id(p) for p in layers.parameters()}
+            for p in model.parameters():
+                if id(p) not in inside:
+                    p.data = p.data.to(torch.float32)
+            for layer in layers:
+                hooks.append(layer.register_forward_pre_hook(lambda m, a: _params_to(m, torch.float32)))
+                hooks.append(layer.register_forward_hook(lambda m, a, o: _params_to(m, dtype)))
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        _params_to(model, dtype)
+
+
 def _compiled_timing(model, prompt, new_tokens: int, reps: int, attention: str | None) -> Timing:
     """HF generate with a static cache (on a GPU it compiles the decoding forward), with the
     timing attention: compiled by a first call, then `reps` timed calls, prefill included."""
@@ -680,13 +745,13 @@ def _e2e_job(payload: dict) -> dict:
     if not base_finite or not bool(torch.isfinite(base_logits).all()):
         notes.append("the baseline itself produces NaN/Inf on these inputs")
 
-    tick("noise floor", "baseline with fp32 parameters")
-    _params_to(model, torch.float32)
-    try:
+    layerwise = _noise_floor_layerwise(model, payload.get("noise_floor", "auto"))
+    tick("noise floor", "baseline with fp32 parameters" + (", one decoder layer at a time" if layerwise else ""))
+    if layerwise:
+        notes.append(f"noise floor: fp32 parameters one decoder layer at a time ({layerwise})")
+    with _fp32_parameters(model, loaded.dtype, layerwise=bool(layerwise)):
         fp32_tokens, _, _ = greedy(model, prompt, new_tokens)
         fp32_logits = teacher_forced(model, seq)
-    finally:
-        _params_to(model, loaded.dtype)
     noise_top1, noise_err = compare_logits(base_logits, fp32_logits)
     noise_match = _token_match(fp32_tokens, base_tokens)
     del fp32_logits
@@ -769,9 +834,16 @@ def _e2e_job(payload: dict) -> dict:
         result["timings"]["baseline_eager"] = baseline_eager
 
     compile_baseline = payload.get("compile_baseline")
+    tp = int(payload.get("tp", 1))
     if compile_baseline is None:
-        compile_baseline = device.type == "cuda"
-    tick("compiled baseline", "HF generate with a static cache (torch.compile)" if compile_baseline else "skipped")
+        # Under --tp every rank would compile its own graph around the all-reduces, in lockstep;
+        # one rank failing to compile leaves the other waiting in a collective: off by default.
+        compile_baseline = device.type == "cuda" and tp == 1
+    tick("compiled baseline", "HF generate with a static cache (torch.compile)" if compile_baseline
+         else "skipped" + (" under --tp" if tp > 1 else ""))
+    if not compile_baseline and tp > 1 and device.type == "cuda":
+        for result in results.values():
+            result["notes"].append("HF compiled baseline not run under --tp (each rank would compile in lockstep)")
     if compile_baseline:
         try:
             compiled = asdict(_compiled_timing(model, prompt, new_tokens, reps, attention))

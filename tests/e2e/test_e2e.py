@@ -243,3 +243,49 @@ def test_report_tables_render_their_titles_whole():
     for part in report_renderables(r):
         console.print(part)
     assert "each after a warm-up; [min - max] beside" in console.export_text()
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_layerwise_noise_floor_equals_casting_the_whole_model(family):
+    """A rank too big to hold twice (Mixtral-8x7B's half at --tp 2 on an 80 GB card) gets its fp32
+    noise floor one decoder layer at a time: the same arithmetic, so the same figures, and the
+    parameters end in bf16 again, unchanged."""
+    import torch
+
+    from fastkernels.bench.e2e import _decoder_layers, _fp32_parameters, _setup, greedy, teacher_forced
+
+    payload = {"model": MODELS[family], "tiny": True, "prompt_len": 6, "batch": 1, "device": "cpu",
+               "dtype": "bfloat16", "seed": 0}
+    loaded, prompt = _setup(payload)
+    model = loaded.model
+    before = [p.detach().clone() for p in model.parameters()]
+    layers = _decoder_layers(model)
+    assert layers is model.model.layers
+    seen = []
+    probe = layers[1].register_forward_pre_hook(
+        lambda m, a: seen.append((next(m.parameters()).dtype, next(layers[0].parameters()).dtype)))
+    out = {}
+    for layerwise in (False, True):
+        with _fp32_parameters(model, torch.bfloat16, layerwise=layerwise):
+            tokens, _, _ = greedy(model, prompt, 3)
+            out[layerwise] = (tokens, teacher_forced(model, torch.cat([prompt, tokens], 1)))
+    probe.remove()
+    assert torch.equal(out[False][0], out[True][0]) and torch.equal(out[False][1], out[True][1])
+    # the probe hook runs before the layer's own cast: whole-model mode sees fp32 everywhere,
+    # layerwise mode sees layer 1 still bf16 and layer 0 already back in bf16
+    assert seen[0] == (torch.float32, torch.float32) and seen[-1] == (torch.bfloat16, torch.bfloat16)
+    after = list(model.parameters())
+    assert all(a.dtype == torch.bfloat16 and torch.equal(a, b) for a, b in zip(after, before))
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in layers)
+
+
+def test_noise_floor_mode_is_checked_and_recorded():
+    from fastkernels.bench.e2e import _noise_floor_layerwise
+
+    (r,) = measure("llama", {"baseline": baseline_codes("llama")}, noise_floor="layerwise").values()
+    assert r.passed and any("one decoder layer at a time" in n for n in r.notes)
+    (whole,) = measure("llama", {"baseline": baseline_codes("llama")}).values()
+    assert whole.logit_rel_error_noise == r.logit_rel_error_noise
+    assert not any("decoder layer at a time" in n for n in whole.notes)  # a CPU model is cast whole
+    with pytest.raises(ValueError, match="auto, layerwise or whole"):
+        _noise_floor_layerwise(None, "half")
