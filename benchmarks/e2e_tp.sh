@@ -23,19 +23,18 @@ step() {
 }
 { python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "gpus", torch.cuda.device_count())'
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } > "$R/machine.txt" 2>&1
-fk() { python3 -m fastkernels.cli "$@"; }
 for s in $STEPS; do
   case $s in
     # the suite's tensor-parallel tests, the NCCL one included (it runs where 2 GPUs are visible)
     tests) step tests 240 python3 -m pytest -q -p no:cacheprovider tests/e2e/test_tp.py ;;
     # one rank's half of Mixtral is 43.7 GiB in bf16: the fp32 noise floor casts one decoder layer at
     # a time where the whole half would not fit twice (80 GB cards)
-    mixtral) step mixtral8x7b_L1_tp2 450 fk bench --model mistralai/Mixtral-8x7B-Instruct-v0.1 --level 1 --tp 2 \
+    mixtral) step mixtral8x7b_L1_tp2 450 python3 -m fastkernels.cli bench --model mistralai/Mixtral-8x7B-Instruct-v0.1 --level 1 --tp 2 \
                --candidates tasks/library --out "$R/mixtral8x7b_L1_tp2.json" ;;
     # Mixtral does not fit one 80 GB GPU (93 GB of bf16 weights): the same kernels on Llama-3.1-8B
     # at --tp 1 and --tp 2 (the random weights differ: under --tp each rank draws its own shard)
     llama) for tp in 1 2; do
-             step "llama8b_L1_tp$tp" 300 fk bench --model meta-llama/Llama-3.1-8B-Instruct --level 1 --tp "$tp" \
+             step "llama8b_L1_tp$tp" 300 python3 -m fastkernels.cli bench --model meta-llama/Llama-3.1-8B-Instruct --level 1 --tp "$tp" \
                --candidates tasks/library --out "$R/llama8b_L1_tp$tp.json"
            done ;;
     *) echo "unknown step: $s (tests, mixtral, llama)" | tee -a "$R/status.txt" ;;
