@@ -250,6 +250,7 @@ def test_attention_decode_split_k(dtype):
     k2, v2 = _randn(2, 2, 200, 16, dtype=dtype, seed=8), _randn(2, 2, 200, 16, dtype=dtype, seed=9)
     check_attention(m.attention_decode(q2, k2, v2, 0.25, n_splits=3), q2, k2, v2, 0.25, "decode again")
     assert m.decode_splits(1, 8, 4097, 64, 132) == (320, 13)  # Llama-3.1-8B decode: 104 programs
+    assert m.decode_splits(1, 4, 4097, 64, 132) == (192, 22)  # Qwen2.5-7B decode: 88 programs
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["bf16", "fp32"])

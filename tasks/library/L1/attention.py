@@ -475,11 +475,12 @@ def _launch(kernel, grid: tuple, args: tuple, meta: dict, key: tuple | None = No
 
 def decode_splits(bsz: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: int) -> tuple[int, int]:
     """(chunk, n_splits): at most about one (sequence, kv head, chunk) program per SM, and chunks of
-    at least ~320 keys, each a multiple of BLOCK_N. Llama-3.1-8B decode (B=1, 8 kv heads, 4097 keys,
-    132 SMs): 13 chunks of 320 keys -> 104 programs. H100, CUDA-graph GPU time: 18.1 us there vs
-    19.8 us at 33 chunks (264 programs) and 21.4 us at 66, SDPA 19.5 us; Qwen2.5-7B (4 kv heads):
-    13 chunks 15.6 us vs 16.3 us at 33, SDPA 15.4 us. Fewer, longer chunks won at both shapes."""
-    want = max(1, min(n_sms // max(1, bsz * n_kv_heads), _cdiv(n_keys, 320)))
+    at least ~192 keys, each a multiple of BLOCK_N. H100, CUDA-graph GPU time
+    (benchmarks/results/l1_peers/l1_tune.md): Llama-3.1-8B decode (B=1, 8 kv heads, 4097 keys)
+    gets 13 chunks of 320 keys (104 programs): 18.0 us vs 18.8 at 22 chunks and 19.7 at 33;
+    Qwen2.5-7B (4 kv heads) gets 22 chunks of 192 keys (88 programs): 15.3 us vs 15.9 at 13 and
+    16.0 at 33."""
+    want = max(1, min(n_sms // max(1, bsz * n_kv_heads), _cdiv(n_keys, 192)))
     chunk = _cdiv(_cdiv(n_keys, want), block_n) * block_n
     return chunk, _cdiv(n_keys, chunk)
 

@@ -60,11 +60,13 @@ def _embedding_kernel(
 @functools.lru_cache(maxsize=256)  # pure in its ints: decode calls skip the Python arithmetic
 def embedding_config(n_tokens: int, hidden: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_H, num_warps): 4096-element tiles (one Llama row, or several narrow rows) with
-    8 warps at prefill; a handful of decode tokens split the row into 1024-wide pieces instead, so
-    one token's 8 KiB row is fetched by 4 programs in parallel rather than by one."""
+    4 warps at prefill (H100, Llama prefill: 29.0 us as a CUDA graph, 25.4 us of kernel time, vs
+    29.8 / 26.2 with 8 warps; benchmarks/results/l1_peers/l1_tune.md); a handful of decode tokens
+    split the row into 1024-wide pieces instead, so one token's 8 KiB row is fetched by 4 programs
+    in parallel rather than by one."""
     block_h = min(_p2(hidden), 4096 if n_tokens >= 64 else 1024)
     block_t = max(1, min(4096 // block_h, _p2(max(n_tokens, 1))))
-    num_warps = max(1, min(8, block_t * block_h // 512))
+    num_warps = max(1, min(4, block_t * block_h // 512))
     return block_t, block_h, num_warps
 
 

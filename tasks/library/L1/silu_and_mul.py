@@ -99,10 +99,11 @@ def _interpreting() -> bool:
 def silu_and_mul_config(n_cols: int, elem_size: int) -> dict:
     """The untuned launch: up to 16 KiB per operand per program (8192 bf16 / 4096 fp32) with 8
     warps; smaller rows (decode: one token of 14336) shrink the block instead of masking most of it
-    off, keeping ~8 programs alive."""
+    off, to ~32 programs of 2 warps at decode (H100, Llama decode, CUDA graph: 5.6 us and 1.7 us of
+    kernel time at 512 elements x 2 warps vs 5.8 / 1.9 us at 2048 x 4)."""
     block = (16384 // elem_size) if elem_size <= 4 else 2048
-    block = min(block, max(1024, _p2(_cdiv(n_cols, 8))))
-    return {"BLOCK": block, "num_warps": 8 if block >= 4096 else 4}
+    block = min(block, max(512, _p2(_cdiv(n_cols, 32))))
+    return {"BLOCK": block, "num_warps": 8 if block >= 4096 else (4 if block >= 1024 else 2)}
 
 
 def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
