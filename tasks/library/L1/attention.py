@@ -23,8 +23,10 @@ into chunks; one program per (sequence, KV head, chunk) loads the chunk's K and 
 Hq/Hkv query heads of the group (packed as the rows of a 16-row tile, so the dots run on tensor
 cores), and writes a partial (max, sum, unnormalised output); a second small launch merges the
 partials. Bytes: K+V of 4096 x 8 heads x 128 bf16 = 16 MiB, ~5.5 us at ~3 TB/s. Measured on an
-H100 as a CUDA graph (whose launch alone costs ~5-6 us): 16.2 us against SDPA's 18.0 us at Llama
-decode, 16.1 us against 15.5 us at Qwen2.5-7B (7 query heads per kv head).
+H100 as a CUDA graph (whose launch alone costs ~5-6 us; benchmarks/results/l1_peers): 16.1 us
+against SDPA's 18.0 us at Llama decode, 15.3 us against 15.6 us at Qwen2.5-7B (7 query heads per
+kv head, 22 chunks). Called eagerly, SDPA's one launch beats our two on the host (62 vs 71 us per
+back-to-back call at Llama decode).
 
 Numerics as HF eager: scores in fp32 (eager rounds them to bf16 first; this is closer to exact),
 softmax in fp32, probabilities cast to q's dtype before the multiply with v, fp32 accumulation.
