@@ -88,13 +88,6 @@ class OpView:
     def badge(self) -> tuple[str, str]:
         return BADGES.get(self.status, ("·", self.status))
 
-    def label(self) -> str:
-        mark, word = self.badge
-        if self.status == "generating" and self.attempt:
-            word = f"{word} #{self.attempt}"
-        speed = f" {self.best_speedup:.2f}×" if self.best_speedup else ""
-        return f"{mark} {self.name}  [{word}]{speed}"
-
 
 def apply_event(view: OpView, event: ev.Event, now: float) -> str | None:
     """Update `view` from one event about its operator; return a line to show in its stream."""
