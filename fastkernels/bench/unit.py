@@ -63,7 +63,10 @@ SMALL_SCALE = 2.0**-9  # inputs of RMS ~0.002: variance ~4e-6, comparable to an 
 # What a unit/gate job imports before it reads its candidate: a child with these already imported
 # (and the CUDA context open) waits for the next job (fastkernels.bench.sandbox, `warm`), so a gate
 # pays neither the interpreter's start nor `import torch`.
+# transformers.activations pulls in torch.distributed.tensor (via hub kernels and model loading):
+# ~0.7 s of a CPU child's first build_spec, spent here ahead of the job instead.
 GATE_PRELOAD = ("torch", "triton", "transformers", "transformers.models.auto.configuration_auto",
+                "transformers.activations",
                 "fastkernels.registry.tasks", "fastkernels.bench.unit",
                 "fastkernels.agent.validate")
 CPU_TIMING_NOTE = "not timed: timings under the Triton interpreter on a CPU are not meaningful"
