@@ -106,7 +106,7 @@ def stage_unit(args) -> dict:
     from fastkernels.agent.llm.library import library_kernel_path
     from fastkernels.bench.cuda_build import read_build_log
     from fastkernels.bench.unit import run_unit
-    from fastkernels.registry.tasks import build_spec
+    from fastkernels.registry.tasks import build_spec, kernel_source
 
     start = time.time()
     rows = {}
@@ -116,7 +116,7 @@ def stage_unit(args) -> dict:
         for flavour, cuda_only in (("cuda", True), ("triton", False)):
             path = library_kernel_path(1, op, cuda_only=cuda_only)
             _say(f"unit {op} {flavour}: {path.relative_to(REPO)}")
-            report = run_unit(spec, path.read_text(), cuda_only=cuda_only)
+            report = run_unit(spec, kernel_source(path), cuda_only=cuda_only)
             _say(f"  {'passed' if report.passed else 'FAILED: ' + report.failure_message()[:300]} ({report.seconds:.0f} s)")
             entry[flavour] = report.to_dict()
         rows[op] = entry

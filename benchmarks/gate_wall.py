@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastkernels.bench import sandbox, unit  # noqa: E402
-from fastkernels.registry.tasks import discover, library_dir  # noqa: E402
+from fastkernels.registry.tasks import discover, kernel_source, library_dir  # noqa: E402
 
 
 def gates(specs, rounds: int) -> list[dict]:
     rows = []
     for r in range(rounds):
         for spec in specs:
-            code = (library_dir(spec.level) / f"{spec.name}.py").read_text()
+            code = kernel_source(library_dir(spec.level) / f"{spec.name}.py")
             t0 = time.perf_counter()
             v, rep = unit.run_gate(spec, code)
             rows.append({"round": r, "op": spec.name, "wall_s": time.perf_counter() - t0, "passed": v.ok and rep.passed,

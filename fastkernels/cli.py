@@ -309,7 +309,9 @@ def _cmd_check(args) -> int:
         from fastkernels.bench.cuda_build import preflight
 
         preflight()
-    code = path.read_text()
+    from fastkernels.registry.tasks import kernel_source
+
+    code = kernel_source(path)  # a library file comes with its shared pieces spliced in
     level = check_level(args.level)
     small = args.tiny or not cuda_present()  # the interpreter only gets through small shapes
     specs = discover(args.model, level, tiny=args.tiny, workload=Workload.default(small=small))

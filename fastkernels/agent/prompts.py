@@ -379,12 +379,12 @@ def library_example(op: "OperatorSpec", cuda_only: bool = False) -> str | None:
     mislead, and when the library has neither."""
     if cuda_only:
         return None
-    from fastkernels.registry.tasks import library_dir
+    from fastkernels.registry.tasks import kernel_source, library_dir
 
     for level, name in ((op.level, op.name), STYLE_EXEMPLAR):
         path = library_dir(level) / f"{name}.py"
         if path.is_file():
-            return path.read_text()
+            return kernel_source(path)
     return None
 
 

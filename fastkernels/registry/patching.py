@@ -53,7 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fastkernels.errors import UsageError
-from fastkernels.registry.tasks import LEVELS, load_module, load_task, task_names
+from fastkernels.registry.tasks import LEVELS, kernel_source, load_module, load_task, task_names
 
 # Family -> the class-name prefix of its HF modules (modeling_<family>.<Prefix>RMSNorm, ...).
 PREFIX = {
@@ -166,7 +166,7 @@ def find_candidates(candidates, level: int | None = None) -> dict[str, str]:
             is_path = isinstance(value, Path) or (isinstance(value, str) and "\n" not in value and value.endswith(".py"))
             if is_path and not Path(value).is_file():
                 raise UsageError(f"candidate file {value} does not exist")
-            out[f"L{lvl}/{op}"] = Path(value).read_text() if is_path else str(value)
+            out[f"L{lvl}/{op}"] = kernel_source(value) if is_path else str(value)
         return out
     root = Path(candidates)
     if not root.is_dir():
@@ -176,7 +176,7 @@ def find_candidates(candidates, level: int | None = None) -> dict[str, str]:
         known = set(task_names(lvl))
         for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
             if path.stem in known:
-                out[f"L{lvl}/{path.stem}"] = path.read_text()
+                out[f"L{lvl}/{path.stem}"] = kernel_source(path)
     return out
 
 

@@ -20,9 +20,12 @@ norms are RMSNorms of head_dim, not hidden_size), and a "bound" that overrides B
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +51,42 @@ def baseline_dir(level: int) -> Path:
 
 def library_dir(level: int) -> Path:
     return tasks_root() / "library" / f"L{level}"
+
+
+def shared_dir() -> Path:
+    """tasks/library/_shared: pieces several library files splice in (`# fastkernels: include NAME`)."""
+    return tasks_root() / "library" / "_shared"
+
+
+_INCLUDE = re.compile(r"^# fastkernels: include (\w+)[ \t]*$", re.M)
+_PIECE = "# fastkernels: piece\n"
+
+
+def expand_includes(text: str, *, _seen: tuple[str, ...] = ()) -> str:
+    """`text` with every line `# fastkernels: include NAME` replaced by the piece in
+    tasks/library/_shared/NAME.py (what follows its `# fastkernels: piece` line). Text without such
+    lines comes back unchanged."""
+
+    def piece(match: re.Match) -> str:
+        name = match.group(1)
+        if name in _seen:
+            raise UsageError(f"shared piece {name!r} includes itself (via {' -> '.join(_seen)})")
+        path = shared_dir() / f"{name}.py"
+        if not path.is_file():
+            raise UsageError(f"`# fastkernels: include {name}`: no shared piece {path}")
+        src = path.read_text()
+        if _PIECE not in src:
+            raise UsageError(f"{path} has no `{_PIECE.strip()}` line")
+        body = src.split(_PIECE, 1)[1]
+        return expand_includes(body, _seen=(*_seen, name)).rstrip("\n")
+
+    return _INCLUDE.sub(piece, text)
+
+
+def kernel_source(path: Path | str) -> str:
+    """The text of a kernel file as it is served, validated and imported: the file itself, with
+    the shared pieces it includes spliced in (library files; any other file is read as is)."""
+    return expand_includes(Path(path).read_text())
 
 
 @dataclass(frozen=True)
@@ -92,6 +131,9 @@ def load_module(path: Path, name: str | None = None) -> ModuleType:
     are imported only inside the sandbox's child process)."""
     path = Path(path).resolve()
     mod_name = name or f"fk_task_{path.parent.name}_{path.stem}_{abs(hash(str(path)))}"
+    text = path.read_text()
+    if _INCLUDE.search(text):  # a library file with shared pieces: import its served text
+        path = _expanded_file(path, expand_includes(text))
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
@@ -103,6 +145,19 @@ def load_module(path: Path, name: str | None = None) -> ModuleType:
         sys.modules.pop(mod_name, None)
         raise
     return module
+
+
+def _expanded_file(path: Path, text: str) -> Path:
+    """A file holding `text`, named after `path`, keyed by its content: imported code must live in a
+    file (Triton reads a kernel's source back with inspect)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / "fastkernels-expanded" / digest / path.name
+    if not out.is_file() or out.read_text() != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    return out
 
 
 @lru_cache(maxsize=None)

@@ -200,12 +200,12 @@ def test_sets_measured_before_the_job_died_are_reported_from_the_partial_file(tm
 def test_library_kernels_pass_end_to_end_under_the_interpreter():
     """Every L1 library kernel at once in tiny Llama: shadow check clean, full token match, and the
     model-level error within the interpreter's allowance (its bf16 casts truncate: measured 2x)."""
-    from fastkernels.registry.tasks import library_dir
+    from fastkernels.registry.tasks import kernel_source, library_dir
 
     ops = [op for op in task_names(1) if (library_dir(1) / f"{op}.py").is_file()
            and "llama" in load_task(1, op).FAMILIES]
     report = run_benchmark("meta-llama/Llama-3.1-8B-Instruct", 1,
-                           candidates={op: (library_dir(1) / f"{op}.py").read_text() for op in ops}, tiny=True)
+                           candidates={op: kernel_source(library_dir(1) / f"{op}.py") for op in ops}, tiny=True)
     assert report.shadow["passed"], report.shadow["failures"][:3]
     assert report.token_match == 1.0
     assert report.passed, report.verdict

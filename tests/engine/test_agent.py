@@ -16,7 +16,7 @@ from fastkernels import events as ev
 from fastkernels.agent.agent import Agent, AgentConfig, OpStatus
 from fastkernels.agent.llm import get_backend
 from fastkernels.agent.llm.base import Completion
-from fastkernels.registry.tasks import baseline_dir, library_dir
+from fastkernels.registry.tasks import baseline_dir, kernel_source, library_dir
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -210,7 +210,7 @@ def test_kernel_blamed_end_to_end_is_regenerated(tmp_path):
     """A kernel that passes validation and the unit benchmark but raises inside the model: the
     end-to-end run blames it, the agent regenerates it with the failure in the prompt, and the
     second end-to-end run passes."""
-    good = (library_dir(1) / "rms_norm.py").read_text()
+    good = kernel_source(library_dir(1) / "rms_norm.py")
     # The unit shapes of the tiny workload have 32 and 2 rows; decoding one sequence in the model
     # hands the norm a single row.
     model_only_bug = good.replace(

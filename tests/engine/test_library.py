@@ -20,7 +20,7 @@ import torch
 from fastkernels.bench.unit import TOLERANCES
 from fastkernels.models.catalog import known_models, resolve
 from fastkernels.registry import build_spec, load_task, task_names
-from fastkernels.registry.tasks import build_baseline, build_inputs, library_dir, load_module
+from fastkernels.registry.tasks import build_baseline, build_inputs, kernel_source, library_dir, load_module
 
 # Triton 3.6's interpreter converts 1-element arrays with int() on every program-id-derived loop
 # bound (numpy deprecation; pinned below 2.4, where it becomes an error).
@@ -287,7 +287,7 @@ def test_unit_benchmark_passes_a_library_kernel():
     from fastkernels.bench.unit import run_unit
 
     spec = build_spec(1, "attention", MODEL_OF_FAMILY["qwen2"], tiny=True)
-    report = run_unit(spec, (library_dir(1) / "attention.py").read_text(), seeds=1, timing=False)
+    report = run_unit(spec, kernel_source(library_dir(1) / "attention.py"), seeds=1, timing=False)
     assert report.passed, report.failure_message()
     assert {(s.shape, s.dtype) for s in report.shapes} == {
         (shape, dt) for shape in spec.shapes for dt in ("bfloat16", "float32")

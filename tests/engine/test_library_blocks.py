@@ -23,7 +23,7 @@ import copy
 from fastkernels.bench.unit import TOLERANCES, _compare, _Reject, _to_fp32
 from fastkernels.models.catalog import known_models, resolve
 from fastkernels.registry import build_spec, load_task
-from fastkernels.registry.tasks import build_baseline, build_inputs, library_dir, load_module
+from fastkernels.registry.tasks import build_baseline, build_inputs, kernel_source, library_dir, load_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
@@ -117,7 +117,7 @@ def test_gate_accepts_a_library_block():
     from fastkernels.bench.unit import run_gate
 
     spec = build_spec(2, "mlp_block", MODEL_OF_FAMILY["llama"], tiny=True)
-    verdict, report = run_gate(spec, (library_dir(2) / "mlp_block.py").read_text(), timing=False)
+    verdict, report = run_gate(spec, kernel_source(library_dir(2) / "mlp_block.py"), timing=False)
     assert verdict.ok, verdict
     assert report.passed, report.failure_message()
     assert {(s.shape, s.dtype) for s in report.shapes if s.passed} == {
@@ -131,7 +131,7 @@ def test_gate_accepts_a_library_block():
 def test_l2_library_end_to_end(model, ops):
     from fastkernels.bench.e2e import run_benchmark
 
-    cands = {op: (library_dir(2) / f"{op}.py").read_text() for op in ops}
+    cands = {op: kernel_source(library_dir(2) / f"{op}.py") for op in ops}
     r = run_benchmark(model, 2, candidates=cands, tiny=True, compile_baseline=False)
     assert r.passed, r.verdict
     assert r.shadow["passed"] and {o["op"] for o in r.shadow["ops"]} == {f"L2/{op}" for op in ops}

@@ -26,6 +26,7 @@ from fastkernels.agent.llm import (
 )
 from fastkernels.agent.llm.library import LibraryBackend
 from fastkernels.agent.llm.replay import RecordingBackend, ReplayBackend
+from fastkernels.registry.tasks import kernel_source
 from fastkernels.agent.prompts import CodeExtractionError, Prompt, extract_code
 from fastkernels.errors import UsageError
 
@@ -506,7 +507,7 @@ def test_library_ships_real_kernels():
     assert path is not None
     op = SimpleNamespace(name="rms_norm", level=1, class_name="RMSNorm", source_code="")
     completion = LibraryBackend().generate(None, lambda t: None, op=op, attempt=1)
-    assert extract_code(completion.text, "RMSNorm") == path.read_text().rstrip() + "\n"
+    assert extract_code(completion.text, "RMSNorm") == kernel_source(path).rstrip() + "\n"
 
 
 def test_replay_layout_and_attempts(tmp_path):

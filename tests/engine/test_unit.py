@@ -10,7 +10,7 @@ import torch
 
 from fastkernels.bench.sandbox import cuda_present
 from fastkernels.bench.unit import TOLERANCES, UnitReport, _compare, _Reject, run_unit
-from fastkernels.registry.tasks import build_spec, library_dir
+from fastkernels.registry.tasks import build_spec, kernel_source, library_dir
 
 CHEATS = Path(__file__).parent / "cheats"
 GOOD = (CHEATS / "correct_rms_norm.py").read_text()
@@ -18,7 +18,7 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 CASES = {
     # name: (op, code, run_unit kwargs)
-    "library_silu": ("silu_and_mul", (library_dir(1) / "silu_and_mul.py").read_text(), {}),
+    "library_silu": ("silu_and_mul", kernel_source(library_dir(1) / "silu_and_mul.py"), {}),
     "baseline_as_candidate": ("rms_norm", None, {"require_kernel": False}),
     "baseline_plain": ("rms_norm", None, {}),
     "crash_in_forward": ("rms_norm", GOOD.replace(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastkernels.agent.llm.base import Completion, LLMError, RetryCallback, TextCallback
 from fastkernels.agent.llm.replay import approx_tokens, stream_text
-from fastkernels.registry.tasks import library_dir
+from fastkernels.registry.tasks import kernel_source, library_dir
 
 LABEL = "library (verified kernels, not generated)"
 
@@ -58,7 +58,7 @@ class LibraryBackend:
             kind = "raw CUDA library kernel" if cuda_only else "library kernel"
             origin, model = "library", f"library:{path.parent.name}/{path.name}"
             header = f"Verified {kind} for {op.name} (L{op.level}), from {rel}{path.name}; not generated."
-            code = path.read_text()
+            code = kernel_source(path)  # whole: its shared pieces spliced in
         else:
             origin, model = "baseline", "library:baseline"
             header = (f"No library kernel for {op.name} (L{op.level}): this is the baseline implementation "
