@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from fastkernels.agent.llm.library import LibraryBackend
+from fastkernels.agent.validate import static_check
 from fastkernels.agent.prompts import extract_code
 from fastkernels.errors import UsageError
 from fastkernels.registry.patching import find_candidates
@@ -16,6 +17,7 @@ from fastkernels.registry.tasks import (
     kernel_source,
     library_dir,
     load_module,
+    load_task,
     shared_dir,
     task_names,
     tasks_root,
@@ -29,6 +31,8 @@ def test_every_piece_is_included_somewhere_and_every_library_file_is_served_whol
     used = set()
     for path in LIBRARY_FILES:
         raw, served = path.read_text(), kernel_source(path)
+        task = load_task(int(path.parent.name[1:]), path.stem)
+        assert static_check(served, task.CLASS_NAME) is None, path  # what the agent's gate checks first
         used |= {ln.split()[-1] for ln in raw.splitlines() if ln.startswith("# fastkernels: include ")}
         assert "# fastkernels: include" not in served and "# fastkernels: piece" not in served, path
         names = {n.name for n in ast.parse(served).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}

@@ -41,3 +41,6 @@ class AttentionBlock(SelfAttention):
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, eps: float,
                  qkv_bias: bool, qk_norm: bool, o_bias: bool = False):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, eps, qkv_bias, qk_norm, o_bias)
+
+    def forward(self, hidden_states, cos, sin, past_key, past_value):
+        return super().forward(hidden_states, cos, sin, past_key, past_value)
