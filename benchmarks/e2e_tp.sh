@@ -13,14 +13,8 @@ export PYTHONPATH="${PYTHONPATH:-$PWD}" PYTHONUNBUFFERED=1 FASTKERNELS_TRACKING=
 R=${R:-benchmarks/results/e2e_tp}
 mkdir -p "$R"
 STEPS=${*:-tests mixtral llama}
-step() {
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$R/$name.log" 2>&1
-  local rc=$?
-  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$R/status.txt"
-}
+STATUS=$R/status.txt
+. "$(dirname "$0")/steps.sh"
 { python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__, "gpus", torch.cuda.device_count())'
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } > "$R/machine.txt" 2>&1
 for s in $STEPS; do

@@ -17,14 +17,8 @@ R="$OUT/followups"
 mkdir -p "$R"
 export PYTHONPATH="${PYTHONPATH:-$PWD}" PYTHONUNBUFFERED=1 FASTKERNELS_TRACKING=0
 STEPS=${*:-gate_wall unit_fairness binding cuda_tests}
-step() {
-  local name=$1 limit=$2
-  shift 2
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$R/$name.log" 2>&1
-  local rc=$?
-  echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/status.txt"
-}
+STATUS=$OUT/status.txt
+. "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader > "$R/gpu.txt" 2>&1
 for s in $STEPS; do
   case $s in
