@@ -666,18 +666,17 @@ def sweep(args, device, dtype, copy_bps, deadline, lib_cache, groups=None):
             plans.append((f"embedding llama prefill block_t={bt} block_h={bh} warps={nw}", nb,
                           lambda m=m, c=(bt, bh, nw), ids=ids, w=base.weight: m.embedding(ids, w, config=c)))
     if "attention_decode" in want:
-        variants = [(None, None, None, None, False), (None, None, None, None, True), (16, 64, 4, 3, False),
-                    (22, 64, 4, 3, False), (26, 64, 4, 3, False), (33, 64, 4, 3, False), (66, 64, 4, 2, False),
-                    (26, 32, 4, 4, False), (33, 32, 4, 4, False), (66, 32, 2, 3, False), (16, 128, 8, 2, False),
-                    (26, 64, 8, 3, False), (26, 64, 2, 3, False), (26, 64, 4, 2, False), (26, 64, 4, 4, False)]
+        variants = [(None, None, None, None), (16, 64, 4, 3), (22, 64, 4, 3), (26, 64, 4, 3), (33, 64, 4, 3),
+                    (66, 64, 4, 2), (26, 32, 4, 4), (33, 32, 4, 4), (66, 32, 2, 3), (16, 128, 8, 2), (26, 64, 8, 3),
+                    (26, 64, 2, 3), (26, 64, 4, 2), (26, 64, 4, 4)]
         for tag, model_id in (("llama", LLAMA), ("qwen2.5", QWEN25)):
             m, base, (q, k, v), nb = ctx("attention", model_id, "decode")
-            for splits, bn, nw, ns, fused in variants:
+            for splits, bn, nw, ns in variants:
                 plans.append((f"attention {tag} decode splits={splits or 'auto'} block_n={bn or 64} warps={nw or 4} "
-                              f"stages={ns or 3} fused={fused}", nb,
-                              lambda m=m, a=(splits, bn, nw, ns, fused), q=q, k=k, v=v: m.attention_decode(
+                              f"stages={ns or 3}", nb,
+                              lambda m=m, a=(splits, bn, nw, ns), q=q, k=k, v=v: m.attention_decode(
                                   q, k, v, q.shape[-1] ** -0.5, n_splits=a[0], block_n=a[1], num_warps=a[2],
-                                  num_stages=a[3], fused_merge=a[4])))
+                                  num_stages=a[3])))
     if "attention_prefill" in want:
         m, base, (q, k, v), nb = ctx("attention", LLAMA, "prefill")
         for cfg in m._PREFILL_CONFIGS:

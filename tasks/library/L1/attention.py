@@ -204,7 +204,7 @@ _attn_prefill_tuned = triton.autotune(
 
 @triton.jit
 def _attn_decode_partial_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, count_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr,
     ml_offset, n_keys, n_kv_heads, group, chunk, n_splits, qk_scale,
     sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h,
     HEAD_DIM: tl.constexpr,
@@ -212,7 +212,6 @@ def _attn_decode_partial_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DIRECT: tl.constexpr,
-    FUSED_MERGE: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -265,29 +264,6 @@ def _attn_decode_partial_kernel(
         tl.store(part_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_mask[:, None])
         tl.store(part_ptr + ml_offset + row * 2, m_i, mask=g_mask)
         tl.store(part_ptr + ml_offset + row * 2 + 1, l_i, mask=g_mask)
-        if FUSED_MERGE:
-            # The last of this (sequence, kv head)'s chunks to finish merges the group's partials
-            # itself, so a decode step is one launch. acq_rel: every chunk's partial stores happen
-            # before its increment, and the last one's loads after it. It sets the counter back to
-            # 0 for the next call (and the next replay of a CUDA graph).
-            done = tl.atomic_add(count_ptr + bkv, 1, sem="acq_rel")
-            if done == n_splits - 1:
-                row0 = (b * n_kv_heads * group + heads) * n_splits
-                m_max = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-                for s in range(0, n_splits):
-                    m_max = tl.maximum(m_max, tl.load(part_ptr + ml_offset + (row0 + s) * 2, mask=g_mask, other=0.0))
-                l_sum = tl.zeros([BLOCK_G], dtype=tl.float32)
-                out = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-                for s in range(0, n_splits):
-                    # a chunk with no keys has m = -inf: weight 0
-                    w = tl.math.exp2(tl.load(part_ptr + ml_offset + (row0 + s) * 2, mask=g_mask, other=0.0) - m_max)
-                    l_sum += w * tl.load(part_ptr + ml_offset + (row0 + s) * 2 + 1, mask=g_mask, other=0.0)
-                    part = tl.load(part_ptr + (row0 + s)[:, None] * BLOCK_D + offs_d[None, :], mask=g_mask[:, None], other=0.0)
-                    out += part * w[:, None]
-                l_sum = tl.where(g_mask, l_sum, 1.0)
-                o_ptrs = o_ptr + b * so_b + heads[:, None] * so_h + offs_d[None, :]
-                tl.store(o_ptrs, (out / l_sum[:, None]).to(o_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
-                tl.atomic_xchg(count_ptr + bkv, 0)
 
 
 @triton.jit
@@ -451,21 +427,8 @@ def decode_splits(bsz: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: i
     return chunk, _cdiv(n_keys, chunk)
 
 
-_COUNTERS: dict = {}  # device index -> int32 zeros: the fused merge's per-(sequence, kv head) counters
-
-
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed counters for the fused merge, one per (sequence, kv head); each call leaves them at 0
-    again. One buffer per device: decode calls on one device run one after another on its stream."""
-    buf = _COUNTERS.get(device.index)
-    if buf is None or buf.numel() < n:
-        buf = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-        _COUNTERS[device.index] = buf
-    return buf
-
-
 @functools.lru_cache(maxsize=1024)  # pure in its arguments: a decode step reuses its launch plan
-def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_n, num_warps, num_stages, fused):
+def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_n, num_warps, num_stages):
     fp32 = dtype == torch.float32
     block_n = block_n or (32 if fp32 else 64)
     block_d = max(16, _p2(dim))
@@ -476,8 +439,7 @@ def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_
         splits = _cdiv(n_keys, chunk)
     partial_meta = {
         "HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_G": max(16, _p2(n_heads // n_kv)),
-        "BLOCK_N": block_n, "DIRECT": splits == 1, "FUSED_MERGE": fused and splits > 1,
-        "PRECISION": _precision(dtype), "UPCAST": _INTERPRET,
+        "BLOCK_N": block_n, "DIRECT": splits == 1, "PRECISION": _precision(dtype), "UPCAST": _INTERPRET,
         "num_warps": num_warps or (8 if fp32 else 4), "num_stages": num_stages or (2 if fp32 else 3),
     }
     merge_meta = {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_SPLITS": _p2(splits), "CHUNK": 16,
@@ -496,14 +458,13 @@ def attention_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    fused_merge: bool = False,
 ) -> torch.Tensor:
     """One new token per sequence (q [B,Hq,1,D]) over its whole cache k/v [B,Hkv,L,D] -> [B,1,Hq,D].
     Split-K flash-decoding: two launches (partials, then a merge with one program per query head),
-    or one when a single chunk suffices. fused_merge=True makes it one launch in every case: the
-    last chunk of each (sequence, kv head) to finish merges the group's partials itself. On the
-    H100 that was slower (Llama-3.1-8B decode 20.2 vs 18.4 us, Qwen2.5-7B 18.0 vs 16.1 us as CUDA
-    graphs): one program's serial merge tail costs more than the second launch saves.
+    or one when a single chunk suffices. (A one-launch variant, where the last chunk of each kv head
+    merged the partials, measured slower on the H100: 20.2 vs 18.4 us at Llama decode as CUDA
+    graphs, benchmarks/results/l1_peers/l1_run1_fused_merge.md: one program's serial merge tail
+    costs more than the second launch.)
     The launch plan is cached per shape and both kernels are launched directly (see _launch): a
     decode step is bound by host work, not by the GPU's ~14 us.
 
@@ -518,24 +479,21 @@ def attention_decode(
     if out.numel() == 0:
         return out
     chunk, splits, rows, n_part_o, partial_meta, merge_meta = _decode_plan(
-        bsz, n_heads, dim, n_kv, n_keys, q.dtype, _sm_count(q.device), n_splits, block_n, num_warps, num_stages,
-        fused_merge,
+        bsz, n_heads, dim, n_kv, n_keys, q.dtype, _sm_count(q.device), n_splits, block_n, num_warps, num_stages
     )
     part = out if splits == 1 else torch.empty(n_part_o + 2 * rows, dtype=torch.float32, device=q.device)
-    fused = partial_meta["FUSED_MERGE"]
-    counts = _counters(q.device, bsz * n_kv) if fused else part
     qs, ks, vs = q.stride(), k.stride(), v.stride()
     key = None
     if not ((q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15):  # out and part are fresh, aligned allocations
         key = (bsz, n_heads, dim, n_kv, n_keys, q.dtype, k.dtype, v.dtype, qs, ks, vs, q.device.index,
-               n_splits, block_n, num_warps, num_stages, fused)
+               n_splits, block_n, num_warps, num_stages)
     _launch(
         _attn_decode_partial_kernel, (bsz * n_kv, splits),
-        (q, k, v, out, part, counts, n_part_o, n_keys, n_kv, n_heads // n_kv, chunk, splits, float(scaling) * _LOG2E,
+        (q, k, v, out, part, n_part_o, n_keys, n_kv, n_heads // n_kv, chunk, splits, float(scaling) * _LOG2E,
          qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n_heads * dim, dim),
         partial_meta, key,
     )
-    if splits > 1 and not fused:
+    if splits > 1:
         _launch(_attn_decode_merge_kernel, (bsz * n_heads,), (part, out, n_part_o, n_heads, splits, n_heads * dim, dim),
                 merge_meta, key)
     return out
