@@ -151,7 +151,8 @@ def _expanded_file(path: Path, text: str) -> Path:
     """A file holding `text`, named after `path`, keyed by its content: imported code must live in a
     file (Triton reads a kernel's source back with inspect)."""
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    out = Path(tempfile.gettempdir()) / "fastkernels-expanded" / digest / path.name
+    user = getattr(os, "getuid", lambda: "")()  # one folder per user: /tmp is shared
+    out = Path(tempfile.gettempdir()) / f"fastkernels-expanded-{user}" / digest / path.name
     if not out.is_file():  # named by its content: an existing file already holds `text`
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}")
