@@ -1,7 +1,9 @@
 """Tensor parallelism of a catalog model: one rank's slice of every sharded weight, plain tensors.
 
 Which weights shard is the family's own plan in transformers (`config.base_model_tp_plan`: q/k/v
-and gate/up column-parallel, o and down row-parallel, MoE experts' packed gate_up column-parallel);
+and gate/up column-parallel, o and down row-parallel, MoE experts' packed gate_up column-parallel;
+where a transformers release lists the experts only in the expert-parallel plan, `tp_plan` adds
+them back);
 how they shard is done here, with ordinary tensors, not transformers' DTensor machinery: candidate
 kernels (Triton, raw CUDA) and the patcher copy weights into their own modules and need plain local
 tensors, and transformers 5.17 and 5.24 apply their plans through different code (5.24 wraps every
@@ -101,8 +103,23 @@ def rank_config(config, tp: int):
 
 
 def tp_plan(model: nn.Module) -> dict[str, str]:
-    """The family's transformers plan, module pattern -> style (relative to the base model)."""
-    return dict(getattr(model.config, "base_model_tp_plan", None) or {})
+    """The family's transformers plan, module pattern -> style (relative to the base model).
+
+    MoE experts shard inside each expert (every rank keeps every expert's slice of the packed
+    gate_up and of down, and routes exactly as the unsharded model does). transformers 5.17-5.24
+    lists the experts in `base_model_tp_plan`; 5.25 moved them to the expert-parallel plan
+    (`base_model_ep_plan`, "grouped_gemm"), so expert weights named there and not in the tensor-
+    parallel plan are added with the styles the older plans gave them."""
+    config = model.config
+    plan = dict(getattr(config, "base_model_tp_plan", None) or {})
+    for key in getattr(config, "base_model_ep_plan", None) or {}:
+        leaf = key.rsplit(".", 1)[-1]
+        if key not in plan and ".experts." in f".{key}":
+            if leaf in PACKED_COLUMN:
+                plan[key] = "packed_colwise"
+            elif leaf in ROW:
+                plan[key] = "rowwise"
+    return plan
 
 
 def _sharded_params(model: nn.Module) -> list[tuple[str, nn.Module, str, str]]:

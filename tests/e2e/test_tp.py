@@ -166,6 +166,39 @@ def test_tp_that_does_not_divide_the_heads_is_a_one_line_error(capsys):
     assert "--tp 4 does not divide" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("model_id", [MIXTRAL, "Qwen/Qwen3-30B-A3B"])
+def test_experts_shard_the_same_whether_the_plan_lists_them_for_tp_or_only_for_ep(model_id):
+    """transformers 5.17-5.24 puts a MoE model's experts in `base_model_tp_plan`; 5.25 moved them to
+    `base_model_ep_plan` only. Either way every rank keeps half of every expert."""
+    from transformers import AutoModelForCausalLM
+
+    from fastkernels.models.sharding import shard_model
+
+    def sharded(tp_plan, ep_plan):
+        cfg = resolve(model_id, tiny=True).hf_config()
+        cfg.base_model_tp_plan, cfg.base_model_ep_plan = tp_plan, ep_plan
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        names = shard_model(model, 0, 2)
+        return model, names
+
+    cfg = resolve(model_id, tiny=True).hf_config()
+    experts = {"layers.*.mlp.experts.gate_up_proj": "packed_colwise", "layers.*.mlp.experts.down_proj": "rowwise"}
+    attention = {k: v for k, v in cfg.base_model_tp_plan.items() if ".experts" not in k}
+    ep_only = {"layers.*.mlp.experts.gate_up_proj": "grouped_gemm", "layers.*.mlp.experts.down_proj": "grouped_gemm",
+               "layers.*.mlp.experts": "ep_dispatch_experts"}
+    old, old_names = sharded({**attention, **experts, "layers.*.mlp.experts": "moe_tp_experts"}, {})
+    new, new_names = sharded(attention, ep_only)
+    assert sorted(old_names) == sorted(new_names)
+    assert any(".experts.gate_up_proj" in n for n in new_names) and any(".experts.down_proj" in n for n in new_names)
+    full_experts = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).model.layers[0].mlp.experts
+    for model in (old, new):
+        e = model.model.layers[0].mlp.experts
+        assert e.gate_up_proj.shape[-2] == full_experts.gate_up_proj.shape[-2] // 2
+        assert e.down_proj.shape[-1] == full_experts.down_proj.shape[-1] // 2
+        assert type(model.model.layers[0].mlp).__name__ == "AllReduceOutput"
+
+
 def test_task_shapes_under_tp_are_one_ranks():
     plain = build_spec(1, "attention", LLAMA, True)
     assert plain == build_spec(1, "attention", LLAMA, True, Workload.default(small=True))  # tp=1 unchanged
