@@ -106,15 +106,15 @@ def test_operators_generate_in_parallel(tmp_path):
     rec = ev.Recorder()
     ops = ["rms_norm", "silu_and_mul", "embedding", "add_rms_norm"]
     agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=ops, skip_unit_tests=True, e2e=False,
-                              concurrency=4, out_dir=tmp_path / "out"), sink=rec, backend=SlowBackend(1.5))
+                              concurrency=4, out_dir=tmp_path / "out"), sink=rec, backend=SlowBackend(3.0))
     agent.discover()
     agent._generate_all(ops)
     starts = {e.op: e.ts for e in rec.of(ev.GenerationStarted)}
     ends = {e.op: e.ts for e in rec.of(ev.GenerationFinished)}
     assert set(starts) == set(ops) and set(ends) == set(ops)
-    span = max(ends.values()) - min(starts.values())
-    # Four 1.5 s streams one after another would take 6 s; in parallel about 1.5 s.
-    assert span < 3.5, f"generation of 4 operators took {span:.1f} s: not parallel"
+    # Parallel means every stream started before any finished (one after another, each would start
+    # after the previous one's end); no wall-clock figure, so a busy machine cannot fail it.
+    assert max(starts.values()) < min(ends.values()), f"streams did not overlap: {starts} {ends}"
     assert all(agent.states[o].status == OpStatus.APPROVED for o in ops)
     assert len(rec.of(ev.TextDelta)) == 40
 
@@ -267,8 +267,9 @@ def test_cancel_stops_a_stream_in_flight(tmp_path):
     worker.start()
     time.sleep(0.5)
     agent.cancel()
-    worker.join(timeout=10)
-    assert not worker.is_alive() and time.time() - t0 < 8, "cancel must stop the 20 s stream"
+    worker.join(timeout=30)
+    # The stream checks for cancel between its 2 s chunks: ~2 s; 15 s is generous on a busy machine.
+    assert not worker.is_alive() and time.time() - t0 < 15, "cancel must stop the 20 s stream"
     state = agent.states["rms_norm"]
     assert state.attempt == 1 and "cancelled" in (state.last_error or "")
 

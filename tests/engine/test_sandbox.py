@@ -58,7 +58,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     r = job("hang_with_grandchild", {"pidfile": str(pidfile)}, timeout=3)
     assert r.kind == "timeout" and not r.ok
     assert "timed out after 3 s" in r.error and r.error.startswith("job hang_with_grandchild:")
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 60  # a generous bound for a busy machine; the job would hang forever
     grandchild = int(pidfile.read_text())
     for _ in range(50):  # the grandchild was SIGKILLed with the group; wait until it is reaped
         try:
@@ -148,8 +148,8 @@ def test_warm_child_is_started_ahead_with_its_imports_and_runs_one_job_only(monk
         # Failures are still each job's own.
         died = run_job(probe, {"exit": 3}, timeout=60, label="warm dies", warm=("torch",))
         assert not died.ok and died.kind == "crash" and "warm dies" in died.error
-        slow = run_job(probe, {"sleep": 30}, timeout=2, label="warm sleeps", warm=("torch",))
-        assert slow.kind == "timeout" and slow.seconds < 15
+        slow = run_job(probe, {"sleep": 300}, timeout=2, label="warm sleeps", warm=("torch",))
+        assert slow.kind == "timeout" and slow.seconds < 60  # killed long before its 300 s sleep ends
         after = run_job(probe, {}, timeout=120, label="warm after", warm=("torch",))
         assert after.ok and after.value["pid"] not in (first.value["pid"], second.value["pid"])
     finally:
