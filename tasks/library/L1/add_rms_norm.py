@@ -139,6 +139,8 @@ def _rows(t: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, int]:
 
 # ---- launching: Triton's JIT once per argument signature, then the compiled kernel directly ----
 
+# fastkernels: include ops
+
 # fastkernels: include launch
 
 
@@ -149,6 +151,13 @@ def add_rms_norm(
 
     config = {"BLOCK_M" or "TILE", "CTAS_PER_SM", "STAGES", "num_warps", "num_stages"} (any subset)
     skips the tuner."""
+    if config is None and torch.compiler.is_compiling():
+        return _ADD_RMS_NORM(x, residual, weight, float(eps))
+    return _add_rms_norm(x, residual, weight, eps, config)
+
+
+def _add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                  config: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape != residual.shape:
         x, residual = torch.broadcast_tensors(x, residual)
     n_cols = x.shape[-1]
@@ -168,9 +177,9 @@ def add_rms_norm(
         config = _TUNED.get(tkey)
         if config is None:  # the first call of this bucket times the configs (and launches the best)
             grid = lambda meta: _grid(n_rows, meta["BLOCK_M"], meta["CTAS_PER_SM"], n_sms)  # noqa: E731
-            _add_rms_norm_tuned[grid](*args)
-            best = _add_rms_norm_tuned.best_config
-            _TUNED[tkey] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+            best = _tune_and_run(_add_rms_norm_tuned, grid, args)
+            if best is not None:
+                _TUNED[tkey] = best
             return normed, res_out
     cfg = {**add_rms_norm_config(n_rows, n_cols), **(config or {})}
     block_n = _p2(n_cols)
@@ -181,6 +190,14 @@ def add_rms_norm(
             "num_stages": cfg.get("num_stages", 3)}
     _launch(_add_rms_norm_kernel, _grid(n_rows, cfg["BLOCK_M"], cfg["CTAS_PER_SM"], n_sms), args, meta)
     return normed, res_out
+
+
+def _add_rms_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _add_rms_norm(x, residual, weight, eps, None)
+
+
+_ADD_RMS_NORM = _register_op("add_rms_norm", _add_rms_norm_op)
 
 
 class AddRMSNorm(nn.Module):

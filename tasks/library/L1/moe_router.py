@@ -96,6 +96,8 @@ def _interpreting() -> bool:
 
 # ---- launching: Triton's JIT once per argument signature, then the compiled kernel directly ----
 
+# fastkernels: include ops
+
 # fastkernels: include launch
 
 
@@ -103,21 +105,33 @@ def moe_route(
     router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool, weights_in_logits_dtype: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """router_logits [T, E] -> (weights [T, K] fp32 or logits dtype, indices [T, K] int64)."""
+    if torch.compiler.is_compiling():
+        return _MOE_ROUTE(router_logits, top_k, bool(norm_topk_prob), bool(weights_in_logits_dtype))
+    return _moe_route(router_logits, top_k, norm_topk_prob, weights_in_logits_dtype)
+
+
+def _moe_route(
+    router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool, weights_in_logits_dtype: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     n_experts = router_logits.shape[-1]
     x = router_logits.reshape(-1, n_experts)
     if n_experts > 1 and x.stride(-1) != 1:
         x = x.contiguous()
     n_tokens = x.shape[0]
     w_dtype = router_logits.dtype if weights_in_logits_dtype else torch.float32
-    weights = torch.empty((n_tokens, top_k), dtype=w_dtype, device=x.device)
-    indices = torch.empty((n_tokens, top_k), dtype=torch.int64, device=x.device)
+    # allocated in the output's shape (rows of top_k, contiguous): an operator returns no views
+    lead = router_logits.shape[:-1]
+    weights = torch.empty((*lead, top_k), dtype=w_dtype, device=x.device)
+    indices = torch.empty((*lead, top_k), dtype=torch.int64, device=x.device)
     if n_tokens and top_k:
         bt, be, nw = moe_router_config(n_tokens, n_experts)
         _launch(_moe_router_kernel, (_cdiv(n_tokens, bt),), (x, weights, indices, n_tokens, n_experts, x.stride(0)),
                 {"TOP_K": top_k, "BLOCK_T": bt, "BLOCK_E": be, "BLOCK_K": _p2(top_k),
                  "NORM": bool(norm_topk_prob), "num_warps": nw})
-    lead = router_logits.shape[:-1]
-    return weights.reshape(*lead, top_k), indices.reshape(*lead, top_k)
+    return weights, indices
+
+
+_MOE_ROUTE = _register_op("moe_router", _moe_route)
 
 
 class MoERouter(nn.Module):

@@ -135,6 +135,8 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 # ---- launching: Triton's JIT once per argument signature, then the compiled kernel directly ----
 
+# fastkernels: include ops
+
 # fastkernels: include launch
 
 
@@ -143,6 +145,13 @@ def apply_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B,Hq,S,D], k [B,Hkv,S,D], cos/sin [B or 1,S,D] -> (q_rot, k_rot), HF apply_rotary_pos_emb
     with unsqueeze_dim=1. config = {"BLOCK_S", "HEADS", "num_warps"} (any subset) skips the tuner."""
+    if config is None and torch.compiler.is_compiling():
+        return _ROTARY(q, k, cos, sin)
+    return _apply_rotary(q, k, cos, sin, config)
+
+
+def _apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  config: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
     bsz, n_q, seq, dim = q.shape
     n_k = k.shape[1]
     half = dim // 2
@@ -171,15 +180,23 @@ def apply_rotary(
         tkey = (n_q, n_k, half, bucket, q.dtype, k.dtype, cos.dtype)
         config = _TUNED.get(tkey)
         if config is None:  # the first call of this key times the configs (and launches the best)
-            _rope_tuned[grid](*args, BLOCK_HALF=block_half)
-            best = _rope_tuned.best_config
-            _TUNED[tkey] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+            best = _tune_and_run(_rope_tuned, grid, args, {"BLOCK_HALF": block_half})
+            if best is not None:
+                _TUNED[tkey] = best
             return q_out, k_out
     cfg = {**rope_config(bsz, seq, half), **(config or {})}
     meta = {"BLOCK_S": cfg["BLOCK_S"], "BLOCK_HALF": block_half, "HEADS": cfg["HEADS"],
             "num_warps": cfg["num_warps"], "num_stages": cfg.get("num_stages", 3)}
     _launch(_rope_kernel, grid(cfg), args, meta)
     return q_out, k_out
+
+
+def _rotary_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _apply_rotary(q, k, cos, sin, None)
+
+
+_ROTARY = _register_op("rotary_embedding", _rotary_op)
 
 
 class RotaryEmbedding(nn.Module):

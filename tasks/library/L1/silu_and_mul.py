@@ -113,6 +113,8 @@ def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
 
 # ---- launching: Triton's JIT once per argument signature, then the compiled kernel directly ----
 
+# fastkernels: include ops
+
 # fastkernels: include launch
 
 
@@ -120,6 +122,12 @@ def silu_and_mul(gate: torch.Tensor, up: torch.Tensor, *, config: dict | None = 
     """silu(gate) * up for same-shape gate and up (any leading shape, last dim unit stride or copied).
 
     config = {"BLOCK", "num_warps"} skips the tuner (the peer benchmark sweeps it)."""
+    if config is None and torch.compiler.is_compiling():
+        return _SILU_AND_MUL(gate, up)
+    return _silu_and_mul(gate, up, config)
+
+
+def _silu_and_mul(gate: torch.Tensor, up: torch.Tensor, config: dict | None) -> torch.Tensor:
     if gate.shape != up.shape:
         gate, up = torch.broadcast_tensors(gate, up)
     out_dtype = torch.promote_types(gate.dtype, up.dtype)
@@ -144,9 +152,9 @@ def silu_and_mul(gate: torch.Tensor, up: torch.Tensor, *, config: dict | None = 
             def grid(meta):
                 return (_cdiv(n_rows, meta["BLOCK_R"]) * _cdiv(n_cols, meta["BLOCK_C"]),)
 
-            _silu_and_mul_tuned[grid](*args)
-            best = _silu_and_mul_tuned.best_config
-            _TUNED[tkey] = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+            best = _tune_and_run(_silu_and_mul_tuned, grid, args)
+            if best is not None:
+                _TUNED[tkey] = best
             return out
     cfg = {**silu_and_mul_config(n_cols, gate.element_size()), **(config or {})}
     block_c = _block_c(n_cols, cfg["BLOCK"])
@@ -156,6 +164,13 @@ def silu_and_mul(gate: torch.Tensor, up: torch.Tensor, *, config: dict | None = 
             "num_stages": cfg.get("num_stages", 3)}
     _launch(_silu_and_mul_kernel, grid, args, meta)
     return out
+
+
+def _silu_and_mul_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _silu_and_mul(gate, up, None)
+
+
+_SILU_AND_MUL = _register_op("silu_and_mul", _silu_and_mul_op)
 
 
 class SiluAndMul(nn.Module):

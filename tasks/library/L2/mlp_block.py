@@ -18,4 +18,7 @@ from torch.nn import functional as F
 # fastkernels: include rnd
 
 
+# fastkernels: include ops
+
+
 # fastkernels: include mlp

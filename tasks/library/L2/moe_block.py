@@ -26,4 +26,7 @@ from torch.nn import functional as F
 # fastkernels: include rnd
 
 
+# fastkernels: include ops
+
+
 # fastkernels: include moe

@@ -31,6 +31,9 @@ from torch.nn import functional as F
 # fastkernels: include rnd
 
 
+# fastkernels: include ops
+
+
 # fastkernels: include rope_attention
 
 

@@ -5,19 +5,21 @@ int values) goes through Triton's JIT; later ones call the compiled kernel's lau
 without Triton's per-call argument binding, specialisation key and cache lookup: host work that
 bounds decode-sized launches. A caller that already knows its specialisation may pass its own key.
 
+Eager calls only: under torch.compile the ops piece's `_run` hands the launch to Inductor (this
+launcher reads data pointers, which a traced tensor has none of), and inside a CUDA graph capture
+it launches on the capturing stream like any eager launch. It calls what the ops piece defines: a
+file that includes it includes that too.
+
 A library file splices it in where it has the line `# fastkernels: include launch`, and is served
 whole, as one self-contained module (fastkernels.registry.tasks.kernel_source). This file is the
 one copy to edit; what follows its `# fastkernels: piece` line is the piece.
 """
-
-import os
 
 import torch
 from triton import knobs
 
 # fastkernels: piece
 _COMPILED: dict = {}
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")  # read once: the hot path skips os.environ
 
 
 def _hooked() -> bool:
@@ -31,8 +33,8 @@ def _launch(kernel, grid: tuple, args: tuple, meta: dict, key: tuple | None = No
     through Triton's JIT; later ones call the compiled kernel's launcher directly, without Triton's
     per-call argument binding, specialisation key and cache lookup (host work that bounds
     decode-sized launches)."""
-    if _INTERPRET:
-        kernel[grid](*args, **meta)
+    if _INTERPRET or _traced(args[0]):
+        _run(kernel, grid, args, meta)
         return
     if key is None:
         key = (kernel, grid, *meta.values(),

@@ -2,8 +2,8 @@
 
 GEMMs in torch, silu-and-mul in one Triton pass.
 
-It calls what the rnd piece defines: a file that includes it includes
-that first.
+It calls what the rnd and ops pieces define: a file that includes it includes
+them first.
 
 A library file splices it in where it has the line `# fastkernels: include mlp`, and is served
 whole, as one self-contained module (fastkernels.registry.tasks.kernel_source). This file is the
@@ -30,13 +30,22 @@ def _silu_and_mul_kernel(gate_ptr, up_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, elementwise, for same-shape tensors; returns a new contiguous tensor."""
+    if torch.compiler.is_compiling():
+        return _SILU_AND_MUL(gate, up)
+    return _silu_and_mul(gate, up)
+
+
+def _silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     gate, up = gate.contiguous(), up.contiguous()
     out = torch.empty_like(gate)
     n = gate.numel()
     if n:
         block = 1024
-        _silu_and_mul_kernel[(triton.cdiv(n, block),)](gate, up, out, n, BLOCK=block, num_warps=4)
+        _run(_silu_and_mul_kernel, (triton.cdiv(n, block),), (gate, up, out, n), {"BLOCK": block, "num_warps": 4})
     return out
+
+
+_SILU_AND_MUL = _register_op("silu_and_mul", _silu_and_mul)
 
 
 class MLP(nn.Module):

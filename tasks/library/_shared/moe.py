@@ -3,8 +3,10 @@
 Triton top-k routing, the experts' silu-and-mul and the weighted combine; the experts' GEMMs
 in torch.
 
-It calls what the rnd piece defines: a file that includes it includes
-that first.
+It calls what the rnd and ops pieces define: a file that includes it includes
+them first. The routing is an operator torch.compile sees into; the experts' part is an opaque
+one (`moe_experts`: its group sizes come to the host, which no graph can trace and no CUDA graph
+can capture), so a model with this block compiles with fullgraph=True but is not CUDA-graphed.
 
 A library file splices it in where it has the line `# fastkernels: include moe`, and is served
 whole, as one self-contained module (fastkernels.registry.tasks.kernel_source). This file is the
@@ -103,55 +105,78 @@ class MoEBlock(nn.Module):
         self.experts = Experts(num_experts, hidden_size, intermediate_size)
 
     def route(self, logits: torch.Tensor):
-        t, e = logits.shape
-        k = self.top_k
-        weights = torch.empty((t, k), dtype=torch.float32, device=logits.device)
-        idx = torch.empty((t, k), dtype=torch.int64, device=logits.device)
-        if t:
-            logits = logits if logits.stride(-1) == 1 else logits.contiguous()
-            _route_kernel[(t,)](logits, weights, idx, e, logits.stride(0), TOP_K=k,
-                                BLOCK_E=triton.next_power_of_2(e), BLOCK_K=triton.next_power_of_2(k),
-                                NORM=bool(self.norm_topk_prob), num_warps=1)
-        return weights, idx
+        if torch.compiler.is_compiling():
+            return _MOE_ROUTE(logits, self.top_k, bool(self.norm_topk_prob))
+        return _moe_route(logits, self.top_k, bool(self.norm_topk_prob))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, h = x.shape
-        t, k = b * s, self.top_k
+        t = b * s
         x = x.reshape(t, h)
-        out = torch.empty((t, h), dtype=x.dtype, device=x.device)
         if t == 0:
-            return out.reshape(b, s, h)
+            return torch.empty((b, s, h), dtype=x.dtype, device=x.device)
         weights, idx = self.route(F.linear(x, self.gate.weight))  # [T, K] fp32, int64
         if self.round_routing_weights:
             weights = weights.to(x.dtype)
+        experts = _MOE_EXPERTS if torch.compiler.is_compiling() else _moe_experts
+        return experts(x, weights, idx, self.experts.gate_up_proj, self.experts.down_proj).reshape(b, s, h)
 
-        # (pick, token) pairs, pick-major as the baseline visits them, grouped by expert (stable)
-        flat = idx.t().reshape(-1)  # entry j = pick * T + token
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # the one host sync
-        tokens = order % t
-        inter = self.experts.down_proj.shape[-1]
-        y = torch.empty((t * k, h), dtype=x.dtype, device=x.device)  # expert outputs, grouped rows
-        xs = x[tokens]
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            gu = F.linear(xs[start:start + n], self.experts.gate_up_proj[e])  # [n, 2I]
-            act = torch.empty((n, inter), dtype=x.dtype, device=x.device)
-            block = min(1024, triton.next_power_of_2(inter))
-            _expert_silu_and_mul_kernel[(n, triton.cdiv(inter, block))](gu, act, inter, gu.stride(0), BLOCK=block,
-                                                                 num_warps=4)
-            torch.matmul(act, self.experts.down_proj[e].t(), out=y[start:start + n])
-            start += n
 
-        # where each (token, pick)'s output row landed, the picks of a token in ascending expert order
-        row_of = torch.empty_like(order)
-        row_of[order] = torch.arange(t * k, device=x.device)
-        rows = row_of.view(k, t).t()  # [T, K]
-        _, by_expert = idx.sort(dim=1)
-        rows = rows.gather(1, by_expert).contiguous()
-        w = weights.gather(1, by_expert).contiguous()
-        block = min(1024, triton.next_power_of_2(h))
-        _combine_kernel[(t, triton.cdiv(h, block))](y, rows, w, out, h, TOP_K=k, BLOCK=block, num_warps=4)
-        return out.reshape(b, s, h)
+def _moe_route(logits: torch.Tensor, top_k: int, norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    t, e = logits.shape
+    k = top_k
+    weights = torch.empty((t, k), dtype=torch.float32, device=logits.device)
+    idx = torch.empty((t, k), dtype=torch.int64, device=logits.device)
+    if t:
+        logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+        _run(_route_kernel, (t,), (logits, weights, idx, e, logits.stride(0)),
+             {"TOP_K": k, "BLOCK_E": triton.next_power_of_2(e), "BLOCK_K": triton.next_power_of_2(k), "NORM": norm,
+              "num_warps": 1})
+    return weights, idx
+
+
+def _moe_experts(x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate_up_proj: torch.Tensor,
+                 down_proj: torch.Tensor) -> torch.Tensor:
+    """sum over each token's picks of weight * down_e(silu(gate_e(x)) * up_e(x)), x [T, H] -> [T, H]."""
+    t, h = x.shape
+    k = idx.shape[1]
+    out = torch.empty((t, h), dtype=x.dtype, device=x.device)
+    # (pick, token) pairs, pick-major as the baseline visits them, grouped by expert (stable)
+    flat = idx.t().reshape(-1)  # entry j = pick * T + token
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=gate_up_proj.shape[0]).tolist()  # the one host sync
+    tokens = order % t
+    inter = down_proj.shape[-1]
+    y = torch.empty((t * k, h), dtype=x.dtype, device=x.device)  # expert outputs, grouped rows
+    xs = x[tokens]
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        gu = F.linear(xs[start:start + n], gate_up_proj[e])  # [n, 2I]
+        act = torch.empty((n, inter), dtype=x.dtype, device=x.device)
+        block = min(1024, triton.next_power_of_2(inter))
+        _expert_silu_and_mul_kernel[(n, triton.cdiv(inter, block))](gu, act, inter, gu.stride(0), BLOCK=block,
+                                                                     num_warps=4)
+        torch.matmul(act, down_proj[e].t(), out=y[start:start + n])
+        start += n
+
+    # where each (token, pick)'s output row landed, the picks of a token in ascending expert order
+    row_of = torch.empty_like(order)
+    row_of[order] = torch.arange(t * k, device=x.device)
+    rows = row_of.view(k, t).t()  # [T, K]
+    _, by_expert = idx.sort(dim=1)
+    rows = rows.gather(1, by_expert).contiguous()
+    w = weights.gather(1, by_expert).contiguous()
+    block = min(1024, triton.next_power_of_2(h))
+    _combine_kernel[(t, triton.cdiv(h, block))](y, rows, w, out, h, TOP_K=k, BLOCK=block, num_warps=4)
+    return out
+
+
+def _moe_experts_shape(x: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, gate_up_proj: torch.Tensor,
+                       down_proj: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+_MOE_ROUTE = _register_op("moe_route", _moe_route)
+_MOE_EXPERTS = _register_op("moe_experts", _moe_experts, fake=_moe_experts_shape)

@@ -3,7 +3,7 @@
 The residual add fused with RMSNorm in one Triton pass per row, the RMSNorm module, and the
 self-attention module (q/k/v/o GEMMs in torch around the rotary and attention piece).
 
-It calls what the rnd and rope_attention pieces define: a file that includes it includes
+It calls what the rnd, ops and rope_attention pieces define: a file that includes it includes
 them first.
 
 A library file splices it in where it has the line `# fastkernels: include norm_self_attention`, and is served
@@ -43,6 +43,14 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, sum_ptr, out_ptr, n_cols, eps,
 def add_rms_norm(x: torch.Tensor, residual, weight: torch.Tensor, eps: float):
     """(x + residual, RMSNorm(x + residual)) over the last dim, the sum rounded to x's dtype; with
     residual None: (x, RMSNorm(x))."""
+    if not torch.compiler.is_compiling():
+        return _add_rms_norm_rows(x, residual, weight, eps)
+    if residual is None:  # an operator returns no input: x goes back around it
+        return x.contiguous(), _RMS_NORM_ROWS(x, weight, float(eps))
+    return _ADD_RMS_NORM_ROWS(x, residual, weight, float(eps))
+
+
+def _add_rms_norm_rows(x: torch.Tensor, residual, weight: torch.Tensor, eps: float):
     x = x.contiguous()
     n = x.shape[-1]
     out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
@@ -53,9 +61,22 @@ def add_rms_norm(x: torch.Tensor, residual, weight: torch.Tensor, eps: float):
         total = torch.empty_like(x)
     rows = x.numel() // n if n else 0
     if rows:
-        _add_rms_norm_kernel[(rows,)](x, r, weight.contiguous(), total, out, n, float(eps), HAS_RESIDUAL=has,
-                                      BLOCK=triton.next_power_of_2(n), num_warps=4 if n >= 2048 else 1)
+        _run(_add_rms_norm_kernel, (rows,), (x, r, weight.contiguous(), total, out, n, float(eps)),
+             {"HAS_RESIDUAL": has, "BLOCK": triton.next_power_of_2(n), "num_warps": 4 if n >= 2048 else 1})
     return total, out
+
+
+def _rms_norm_rows(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _add_rms_norm_rows(x, None, weight, eps)[1]
+
+
+def _add_rms_norm_pair(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _add_rms_norm_rows(x, residual, weight, eps)
+
+
+_RMS_NORM_ROWS = _register_op("rms_norm", _rms_norm_rows)
+_ADD_RMS_NORM_ROWS = _register_op("add_rms_norm", _add_rms_norm_pair)
 
 
 class RMSNorm(nn.Module):

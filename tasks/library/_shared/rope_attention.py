@@ -3,13 +3,15 @@
 Rotary embedding with Qwen3's optional per-head q/k RMSNorm in one Triton pass per q and k,
 the causal mask, and attention itself (SDPA on CUDA, eager's rounding points elsewhere).
 
-It calls what the rnd piece defines: a file that includes it includes
-that first.
+It calls what the rnd and ops pieces define: a file that includes it includes
+them first.
 
 A library file splices it in where it has the line `# fastkernels: include rope_attention`, and is served
 whole, as one self-contained module (fastkernels.registry.tasks.kernel_source). This file is the
 one copy to edit; what follows its `# fastkernels: piece` line is the piece.
 """
+
+from typing import Optional
 
 import torch
 import triton
@@ -18,6 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 # fastkernels: piece
+from typing import Optional
+
+
 @triton.jit
 def _rope_kernel(
     x_ptr, cos_ptr, sin_ptr, w_ptr, out_ptr,
@@ -63,10 +68,19 @@ def _rope_kernel(
 
 def rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight, eps: float) -> torch.Tensor:
     """x [B, S, heads, D] (last dim unit stride) -> rope(norm(x)) as a new [B, S, heads, D] tensor;
-    weight None: no norm. cos, sin [B, S, D]."""
+    weight None: no norm. cos, sin [B or 1, S, D]."""
+    if torch.compiler.is_compiling():
+        return _ROPE_ROWS(x, cos, sin, weight, float(eps))
+    return _rope_rows(x, cos, sin, weight, eps)
+
+
+def _rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: Optional[torch.Tensor],
+               eps: float) -> torch.Tensor:
     b, s, nh, d = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
+    if cos.shape[0] != b:  # HF's rotary gives [1, S, D] for a batch sharing its positions: read it per sequence
+        cos, sin = cos.expand(b, s, d), sin.expand(b, s, d)
     if cos.stride(-1) != 1 or sin.stride() != cos.stride():
         cos, sin = cos.contiguous(), sin.contiguous()
     out = torch.empty((b, s, nh, d), dtype=x.dtype, device=x.device)
@@ -75,15 +89,16 @@ def rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight, eps
     half = d // 2
     norm = weight is not None
     w = weight.contiguous() if norm else x  # unused when NORM is off
-    _rope_kernel[(b * s * nh,)](
+    _run(_rope_kernel, (b * s * nh,), (
         x, cos, sin, w, out, nh, s, float(eps),
         x.stride(0), x.stride(1), x.stride(2),
         cos.stride(0), cos.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
-        HALF=half, BLOCK=triton.next_power_of_2(half), NORM=norm,
-        num_warps=1 if d <= 128 else 2,
-    )
+    ), {"HALF": half, "BLOCK": triton.next_power_of_2(half), "NORM": norm, "num_warps": 1 if d <= 128 else 2})
     return out
+
+
+_ROPE_ROWS = _register_op("rope_rows", _rope_rows)
 
 
 def causal_mask(s: int, past: int, device) -> torch.Tensor:
