@@ -947,7 +947,7 @@ def model_family(model: nn.Module) -> str:
 
 
 def patch(model: nn.Module, candidates, level: int | None = None, *, shadow: bool = False,
-          only: Iterable[str] | None = None, strict: bool = True) -> PatchHandle:
+          only: Iterable[str] | None = None, strict: bool = False) -> PatchHandle:
     """Bind the implementations in `candidates` into this `model` instance and return the handle.
 
     candidates: a directory laid out like tasks/candidate (L{level}/{op}.py) or a dict
@@ -955,28 +955,45 @@ def patch(model: nn.Module, candidates, level: int | None = None, *, shadow: boo
     shadow: also build each operator's baseline and shadow-check every patched call until
         `handle.shadow.enabled = False` (or use `with handle.shadowing(phase):` selectively).
     only: bind just these operators ("L1/rms_norm" or "rms_norm"), e.g. for bisection.
-    strict: an operator the model's family does not use is an error (else it is skipped, noted).
+    strict: an operator the model's family does not use is an error. By default it is skipped,
+        its file not even imported, and named in `handle.notes` (a library directory holds the
+        operators of every family); candidates none of which the family uses are an error.
     """
     if level is not None:
         from fastkernels.registry.tasks import check_level
 
         level = check_level(level)
     family = model_family(model)
-    impls = load_implementations(candidates, level, only)
+    only = None if only is None else set(only)
+    found = {}  # "L1/op" -> (1, "op"): what is there, nothing imported yet
+    for key in find_candidates(candidates, level):
+        lvl, _, op = key.partition("/")
+        if only is None or key in only or op in only:
+            found[key] = (int(lvl[1:]), op)
+    unused = sorted((k for k, (lvl, op) in found.items() if family not in load_task(lvl, op).FAMILIES),
+                    key=lambda k: (-found[k][0], k))  # the order implementations bind in
+    if unused and (strict or len(unused) == len(found)):
+        raise UsageError("; ".join(f"{k} is not used by {family} models" for k in unused))
+    if isinstance(candidates, Mapping):
+        def key_of(key) -> str:
+            lvl_part, _, op = str(key).rpartition("/")
+            return f"L{_level_of(op, int(lvl_part.lstrip('Ll')) if lvl_part else level)}/{op}"
+
+        kept = {k: v for k, v in candidates.items() if key_of(k) not in unused}
+    else:
+        kept = {k: str(Path(candidates) / f"{k}.py") for k in found if k not in unused}
+    impls = load_implementations(kept, level, only)
     if not impls:
         raise UsageError(f"no candidate implementations found in {candidates if not isinstance(candidates, Mapping) else 'the dict given'}"
                          + (f" at level {level}" if level else ""))
     handle = PatchHandle(model, family, ShadowCheck())
+    handle.notes.extend(f"{k} is not used by {family} models" for k in unused)
     ctx = _Ctx(model, family, handle, with_baseline=shadow)
     try:
         for impl in impls:
             task = impl.task()
-            if family not in task.FAMILIES:
-                msg = f"{impl.key} is not used by {family} models"
-                if strict:
-                    raise UsageError(msg)
-                handle.notes.append(msg)
-                continue
+            if family not in task.FAMILIES:  # `unused` above kept it out
+                raise UsageError(f"{impl.key} is not used by {family} models")
             binder = BINDERS.get(impl.op)
             if binder is None:
                 raise UsageError(f"fastkernels has no binding for {impl.key} yet")
