@@ -37,10 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from fastkernels.bench.e2e import attention_implementation  # noqa: E402
+from fastkernels.measure.e2e_child import attention_implementation  # noqa: E402
 from fastkernels.models.catalog import resolve  # noqa: E402
 from fastkernels.models.loading import load_model  # noqa: E402
-from fastkernels.registry.patching import _cache_kwarg, patch  # noqa: E402
+from fastkernels.registry.forwards import cache_kwarg  # noqa: E402
+from fastkernels.registry.patching import patch  # noqa: E402
 from fastkernels.registry.tasks import baseline_dir, load_task  # noqa: E402
 
 DEFAULT_OPS = ("rms_norm", "add_rms_norm", "rotary_embedding", "silu_and_mul", "embedding")
@@ -58,7 +59,7 @@ def decode(model, prompt: torch.Tensor, steps: int) -> tuple[float, torch.Tensor
     from transformers.cache_utils import DynamicCache
 
     device = prompt.device
-    kw = _cache_kwarg(type(model))
+    kw = cache_kwarg(type(model))
     cache = DynamicCache(config=model.config)
     out = model(prompt, use_cache=True, logits_to_keep=1, **{kw: cache})
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)

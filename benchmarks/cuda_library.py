@@ -84,7 +84,7 @@ def _build_summary(entries: list[dict]) -> dict:
 
 def stage_agent(args, stage: str) -> dict:
     from fastkernels.agent.agent import Agent, AgentConfig
-    from fastkernels.bench.cuda_build import read_build_log
+    from fastkernels.gpu.cuda_build import read_build_log
 
     out_dir = Path(args.out) / f"{stage}_candidates"
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -104,8 +104,8 @@ def stage_agent(args, stage: str) -> dict:
 
 def stage_unit(args) -> dict:
     from fastkernels.agent.llm.library import library_kernel_path
-    from fastkernels.bench.cuda_build import read_build_log
-    from fastkernels.bench.unit import run_unit
+    from fastkernels.gpu.cuda_build import read_build_log
+    from fastkernels.judge.gate import run_unit
     from fastkernels.registry.tasks import build_spec, kernel_source
 
     start = time.time()
@@ -219,7 +219,7 @@ def _environment() -> dict:
 
     import torch
 
-    from fastkernels.bench.cuda_build import cache_dir, find_nvcc
+    from fastkernels.gpu.cuda_build import cache_dir, find_nvcc
 
     nvcc = find_nvcc()
     version = "-"
@@ -254,8 +254,8 @@ def main() -> int:
     os.environ["FASTKERNELS_CACHE_DIR"] = str(Path(args.cache_dir).resolve())  # inherited by every sandbox job
     if not args.track:
         os.environ["FASTKERNELS_TRACKING"] = "0"
-    from fastkernels.bench.cuda_build import cache_dir, preflight
     from fastkernels.errors import FastKernelsError
+    from fastkernels.gpu.cuda_build import cache_dir, preflight
 
     if args.report_only:
         write_report(Path(args.out), args)

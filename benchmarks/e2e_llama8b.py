@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastkernels.bench.e2e import run_benchmarks  # noqa: E402
 from fastkernels.events import E2EProgress, KernelBlamed  # noqa: E402
+from fastkernels.measure.e2e import run_benchmarks  # noqa: E402
 
 OPS = ("rms_norm", "rotary_embedding", "silu_and_mul")
 

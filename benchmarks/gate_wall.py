@@ -1,6 +1,6 @@
 """Wall time of the agent's gate (validate + unit benchmark of one candidate, `run_gate`), one gate
 after another as the agent runs them on one GPU: children started per job ("cold start") against
-children started ahead with their imports done ("warm start", fastkernels.bench.sandbox `warm`).
+children started ahead with their imports done ("warm start", fastkernels.sandbox `warm`).
 
     PYTHONPATH=. python benchmarks/gate_wall.py --out benchmarks/results/gate_wall_h100.md   # on the GPU
     PYTHONPATH=. python benchmarks/gate_wall.py --tiny --out /tmp/gate_wall_cpu.md           # on a CPU
@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastkernels.bench import sandbox, unit  # noqa: E402
+from fastkernels import sandbox  # noqa: E402
+from fastkernels.judge import gate  # noqa: E402
 from fastkernels.registry.tasks import discover, kernel_source, library_dir  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def gates(specs, rounds: int) -> list[dict]:
         for spec in specs:
             code = kernel_source(library_dir(spec.level) / f"{spec.name}.py")
             t0 = time.perf_counter()
-            v, rep = unit.run_gate(spec, code)
+            v, rep = gate.run_gate(spec, code)
             rows.append({"round": r, "op": spec.name, "wall_s": time.perf_counter() - t0, "passed": v.ok and rep.passed,
                          "phases": rep.phase_seconds, "error": v.error or rep.failure_message()})
             print(f"  round {r} {spec.name:18s} {rows[-1]['wall_s']:6.1f} s passed={rows[-1]['passed']} "
@@ -56,7 +57,7 @@ def main() -> int:
         print(f"{mode}:", flush=True)
         sandbox.shutdown_warm()  # warm starts only where prewarm turns them on
         if warm:  # as the agent does before its first gate
-            sandbox.prewarm(unit.GATE_PRELOAD)
+            sandbox.prewarm(gate.GATE_PRELOAD)
         results[mode] = gates(specs, args.rounds)
     sandbox.shutdown_warm()
     lines = [f"# Gate wall time: validate + unit benchmark of one L1 candidate ({device})", "",

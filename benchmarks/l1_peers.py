@@ -9,7 +9,7 @@ Qwen3-30B-A3B) shapes of the registry, this times:
   sdpa     attention only: F.scaled_dot_product_attention, default backend and flash forced
   ours     tasks/library/L1/<op>.py
 
-Correctness first, by the unit benchmark's rule (fastkernels.bench.unit): ours against the
+Correctness first, by the unit benchmark's rule (fastkernels.measure.unit): ours against the
 baseline run in fp32 on fp32 copies of the inputs, within the dtype's tolerance, or else within
 twice the bf16 baseline's own error against that fp32 reference (at the worst element and in RMS).
 
@@ -57,7 +57,6 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from fastkernels.bench.unit import TOLERANCES  # noqa: E402  (stdlib-only module: the one tolerance rule)
 from fastkernels.models.catalog import resolve  # noqa: E402
 from fastkernels.registry.tasks import (  # noqa: E402
     Workload,
@@ -67,6 +66,7 @@ from fastkernels.registry.tasks import (  # noqa: E402
     library_dir,
     load_module,
 )
+from fastkernels.rules.tolerance import TOLERANCES  # noqa: E402  (stdlib-only module: the one tolerance rule)
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 QWEN25 = "Qwen/Qwen2.5-7B-Instruct"
@@ -842,9 +842,9 @@ def main(argv=None) -> int:
     except Exception:  # noqa: BLE001
         pass
     try:
-        import liger_kernel  # noqa: F401
-
         from importlib.metadata import version
+
+        import liger_kernel  # noqa: F401
 
         liger_version = version("liger_kernel") if not hasattr(liger_kernel, "__version__") else liger_kernel.__version__
     except Exception:  # noqa: BLE001

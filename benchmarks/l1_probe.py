@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os  # noqa: E402
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import os  # noqa: E402
 
 CPU_DRY = "--cpu-dry-run" in sys.argv  # checks the script under the interpreter on tiny shapes
 if CPU_DRY:
@@ -36,7 +35,14 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from fastkernels.registry.tasks import Workload, build_baseline, build_inputs, build_spec, library_dir, load_module  # noqa: E402
+from fastkernels.registry.tasks import (  # noqa: E402
+    Workload,
+    build_baseline,
+    build_inputs,
+    build_spec,
+    library_dir,
+    load_module,
+)
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 QWEN25 = "Qwen/Qwen2.5-7B-Instruct"

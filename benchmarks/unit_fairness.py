@@ -1,7 +1,7 @@
 """Is the unit-benchmark stopwatch fair, and does the gate catch cheats, on a real GPU?
 
 For every L1 operator of a model (full size; default Llama-3.1-8B-Instruct), in ONE sandboxed child
-per operator (fastkernels.bench.unit.run_unit_many):
+per operator (fastkernels.judge.gate.run_unit_many):
   (a) the baseline file itself as the candidate: every shape must pass, and its speedup against
       the eager baseline must read 1.00 within FAIR_WITHIN (device time; the wall-time ratio beside
       it, and whether the shape is launch-bound); the torch.compile baseline is compiled and timed
@@ -11,7 +11,7 @@ per operator (fastkernels.bench.unit.run_unit_many):
 and for rms_norm the whole cheat corpus of tests/engine/cheats in one more child (side streams
 included, which only a GPU can show). Before (a) and (b), which take most of the time: the wall time
 of the agent's gate (validate + unit test) for one L1 candidate, cold and warm (the second round
-finds its child started ahead: fastkernels.bench.sandbox `warm`), the sandbox's child start cost and
+finds its child started ahead: fastkernels.sandbox `warm`), the sandbox's child start cost and
 an out-of-bounds kernel. `--ops` restricts (a) and (b) to a subset, e.g. to finish a run that a
 budget cut short.
 
@@ -38,10 +38,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fastkernels.agent.validate import validate_kernel  # noqa: E402
-from fastkernels.bench.sandbox import run_job  # noqa: E402
-from fastkernels.bench.unit import precompile_baselines, run_gate, run_unit, run_unit_many  # noqa: E402
+from fastkernels.judge.gate import run_gate, run_unit, run_unit_many
+from fastkernels.judge.validate import validate_kernel  # noqa: E402
+from fastkernels.measure.unit import precompile_baselines  # noqa: E402
 from fastkernels.registry.tasks import discover  # noqa: E402
+from fastkernels.sandbox import run_job  # noqa: E402
 
 CHEATS = ROOT / "tests" / "engine" / "cheats"
 # A baseline timed against itself must read 1.00 within this (device-time interquartile means of
@@ -253,7 +254,7 @@ def main() -> int:
             save()
 
     if not over_budget("sandbox child start cost"):
-        probe = "fastkernels.bench.sandbox:probe"
+        probe = "fastkernels.sandbox:probe"
         starts = [run_job(probe, {}, timeout=60, label="start").seconds for _ in range(2)]
         torch_starts = [run_job(probe, {"torch": True}, timeout=120, label="start").seconds for _ in range(2)]
         result["child_start_s"] = {"bare": min(starts), "importing_torch": min(torch_starts)}

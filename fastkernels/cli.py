@@ -6,19 +6,22 @@ packages (the cockpit's `tui`) come in through the `fastkernels.commands` entry-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import threading
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from fastkernels.errors import FastKernelsError
+from fastkernels.agent.llm.base import DEFAULT_LLM_MODEL
+from fastkernels.errors import FastKernelsError, UsageError
+from fastkernels.models.catalog import DEFAULT_MODEL
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def add_model_args(p: argparse.ArgumentParser, *, level_required: bool = True) -> None:
@@ -80,7 +83,7 @@ def _args_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, default=5, help="attempts after the first, with the error fed back")
     p.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel processes of the end-to-end benchmark (levels 1-2); kernels get one rank's shapes")
-    p.add_argument("--llm-model", default="claude-opus-4-6",
+    p.add_argument("--llm-model", default=DEFAULT_LLM_MODEL,
                    help="claude-*, openai:<name> (with --llm-base-url), replay:<dir>, or library (offline)")
     p.add_argument("--llm-base-url", default=None, help="base URL of an OpenAI-compatible server")
     p.add_argument("--skip-unit-tests", action="store_true", help="validate only; no per-operator benchmark")
@@ -101,7 +104,7 @@ def _cmd_agent(args) -> int:
     from fastkernels.agent.progress import LiveProgress, e2e_line, summary_table
 
     if args.cuda_only:  # one line now, not a failed build per operator later
-        from fastkernels.bench.cuda_build import preflight
+        from fastkernels.gpu.cuda_build import preflight
 
         preflight()
 
@@ -119,14 +122,15 @@ def _cmd_agent(args) -> int:
     with progress:
         summary = agent.run()
     console.print(summary_table(summary))
-    if summary.get("e2e"):
-        from fastkernels.bench.e2e import E2EReport, report_renderables
+    e2e = agent.e2e_report
+    if e2e is not None:
+        from fastkernels.measure.e2e import report_renderables
 
-        for part in report_renderables(E2EReport.from_dict(summary["e2e"]))[:-1]:  # the verdict: next line
+        for part in report_renderables(e2e)[:-1]:  # the verdict: next line
             console.print(part)
-    console.print(e2e_line(summary.get("e2e")))
+    console.print(e2e_line(e2e))
     console.print(f"saved: {agent.summary_path()}")
-    return 0 if summary["passing"] == summary["total"] and (not summary.get("e2e") or summary["e2e"].get("passed")) else 1
+    return 0 if summary["passing"] == summary["total"] and (e2e is None or e2e.passed) else 1
 
 
 # ---- tracking: --tracking-uri, history, mlflow-ui ----------------------------------------------
@@ -141,7 +145,9 @@ def add_tracking_args(p: argparse.ArgumentParser) -> None:
 def _apply_tracking_args(args) -> None:
     uri, off = getattr(args, "tracking_uri", None), getattr(args, "no_tracking", False)
     if uri or off:
-        from fastkernels.bench.tracking import tracker  # cheap: MLflow itself loads on first use
+        from fastkernels.track.tracking import (
+            tracker,  # cheap: MLflow itself loads on first use
+        )
 
         tracker.configure(uri, enabled=False if off else None)
 
@@ -158,9 +164,9 @@ def _args_history(p: argparse.ArgumentParser) -> None:
 def _cmd_history(args) -> int:
     import json
 
-    from fastkernels.bench import history
-    from fastkernels.bench.tracking import resolve_tracking_uri
     from fastkernels.errors import UsageError
+    from fastkernels.track import history
+    from fastkernels.track.tracking import resolve_tracking_uri
 
     fmt = history.fmt_value
     if args.run_id:
@@ -233,9 +239,9 @@ def _interrupt(signum, frame):
 def _cmd_mlflow_ui(args) -> int:
     import signal
 
-    from fastkernels.bench import history
-    from fastkernels.bench.tracking import resolve_tracking_uri
     from fastkernels.errors import ResourceError
+    from fastkernels.track import history
+    from fastkernels.track.tracking import resolve_tracking_uri
 
     proc, url = history.start_mlflow_ui(args.port, args.tracking_uri)
     # SIGTERM ends us like Ctrl-C, so the server's whole process group is stopped below.
@@ -274,9 +280,40 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from fastkernels.bench.e2e import bench_command
+    """`fastkernels bench`: run, print, optionally write the JSON report; 0 pass, 1 fail."""
+    from rich.markup import escape
 
-    return bench_command(args, console)
+    from fastkernels import events as ev
+    from fastkernels.measure.e2e import default_candidates_dir, report_renderables, run_benchmark
+    from fastkernels.track.tracking import tracker
+
+    candidates = Path(args.candidates) if args.candidates else default_candidates_dir()
+    if not candidates.is_dir():
+        raise UsageError(f"no candidate directory at {candidates}: run `fastkernels agent` first or pass "
+                         "--candidates DIR (laid out like tasks/candidate: L<level>/<op>.py)")
+    lock = threading.Lock()
+
+    def sink(event) -> None:
+        if isinstance(event, ev.E2EProgress):
+            with lock:
+                console.print(f"[dim]{escape(f'[{event.stage} {event.done}/{event.total}]')}[/] {escape(event.detail)}")
+
+    params = {"model": args.model, "level": args.level, "tiny": args.tiny, "candidates": str(candidates),
+              "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch": args.batch, "seed": args.seed,
+              "tp": getattr(args, "tp", 1)}
+    with tracker.start_run(f"bench {args.model}{' (tiny)' if args.tiny else ''} L{args.level}", params=params,
+                           root=True) as run:
+        report = run_benchmark(args.model, args.level, candidates, tiny=args.tiny, prompt_len=args.prompt_len,
+                               new_tokens=args.new_tokens, batch=args.batch, device=args.device, seed=args.seed,
+                               sink=sink, tp=getattr(args, "tp", 1))
+        run.log_e2e(report)
+    for item in report_renderables(report):
+        console.print(item)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report.to_dict(), indent=2))
+        console.print(f"report written to {args.out}")
+    return 0 if report.passed else 1
 
 
 # ---- check ------------------------------------------------------------------------------------
@@ -297,16 +334,16 @@ def _cmd_check(args) -> int:
     import json
     from pathlib import Path
 
-    from fastkernels.bench.sandbox import cuda_present
-    from fastkernels.bench.unit import run_gate
     from fastkernels.errors import UsageError
+    from fastkernels.judge.gate import run_gate
     from fastkernels.registry.tasks import Workload, check_level, discover
+    from fastkernels.sandbox import cuda_present
 
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"no kernel file at {path}: pass the path of a .py file defining the operator's class")
     if args.cuda_only:
-        from fastkernels.bench.cuda_build import preflight
+        from fastkernels.gpu.cuda_build import preflight
 
         preflight()
     from fastkernels.registry.tasks import kernel_source

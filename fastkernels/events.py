@@ -10,7 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # the reports travel whole; events.py stays importable without torch
+    from fastkernels.measure.e2e import E2EReport
+    from fastkernels.measure.unit import UnitReport
 
 
 @dataclass
@@ -94,6 +98,23 @@ class RetryScheduled(Event):
 
 
 @dataclass
+class OpChanged(Event):
+    """An operator's state as the engine holds it now: a copy taken where it changed (status, code,
+    verdict, steering), so a front end never reads the engine's live objects."""
+
+    op: str
+    status: str  # an OpStatus value: "pending", "generating", "correct", "approved", ...
+    attempt: int = 0
+    code: str | None = None
+    previous_code: str | None = None
+    last_error: str | None = None
+    steering: str | None = None
+    path: str | None = None
+    best_speedup: float | None = None
+    unit: UnitReport | None = None
+
+
+@dataclass
 class KernelSaved(Event):
     op: str
     path: str
@@ -105,7 +126,7 @@ class UnitResult(Event):
     op: str
     attempt: int
     passed: bool
-    result: dict[str, Any]  # bench.unit.UnitReport.to_dict()
+    report: UnitReport
 
 
 @dataclass
@@ -119,7 +140,7 @@ class E2EProgress(Event):
 @dataclass
 class E2EResult(Event):
     passed: bool
-    report: dict[str, Any]
+    report: E2EReport
 
 
 @dataclass

@@ -21,12 +21,18 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from fastkernels.bench.gpu_metrics import MetricsSampler, MetricsSnapshot
 from fastkernels.errors import FastKernelsError
+from fastkernels.gpu.metrics import MetricsSampler, MetricsSnapshot
 from fastkernels_tui.bridge import EngineFlush, EventBridge
 from fastkernels_tui.commands import CockpitCommands
-from fastkernels_tui.model import OpView
-from fastkernels_tui.options import OFFLINE_LLM, AgentFactory, SessionOptions, missing_key, real_agent_factory
+from fastkernels_tui.views import OpView
+from fastkernels_tui.options import (
+    OFFLINE_LLM,
+    AgentFactory,
+    SessionOptions,
+    missing_key,
+    real_agent_factory,
+)
 from fastkernels_tui.screens.dialogs import ChoiceScreen, ConfirmQuit
 from fastkernels_tui.screens.help import HelpScreen
 from fastkernels_tui.screens.history import HistoryScreen
@@ -173,8 +179,7 @@ class FastKernelsApp(App):
         for spec in specs:
             views.append(OpView(name=spec.name, class_name=spec.class_name, baseline_code=spec.source_code))
         self.main.set_ops(self.options.title, self.options.level, views)
-        for v in views:
-            self.main.refresh_op(v.name, agent.states.get(v.name))
+        agent.publish()  # every operator's state (kernels resumed from disk included), as events
         self._update_title()
         self.main.add_log(f"{len(views)} operators · backend {getattr(agent.backend, 'label', '?')} · g generates all")
 
@@ -187,9 +192,7 @@ class FastKernelsApp(App):
             if isinstance(item, dict):
                 self.main.apply_stream(item)
                 continue
-            op = getattr(item, "op", None)
-            state = self.agent.states.get(op) if (self.agent is not None and op) else None
-            self.main.apply_event(item, state)
+            self.main.apply_event(item)
 
     def on_metrics_sampled(self, message: MetricsSampled) -> None:
         self.last_metrics = message.snapshot
@@ -246,26 +249,19 @@ class FastKernelsApp(App):
             self.notify("select an operator first", severity="warning")
         return op
 
-    def _engine_job(self, fn: Callable[[], Any], *, name: str, group: str, op: str | None = None,
+    def _engine_job(self, fn: Callable[[], Any], *, name: str, group: str,
                     then: Callable[[Any], None] | None = None, exclusive: bool = False) -> Worker:
-        """Run one blocking engine call in a thread worker; refresh the op from the agent after.
-        `exclusive` cancels a not-yet-started job of the same group (per-op generation only: a
+        """Run one blocking engine call in a thread worker (what it changes comes back as engine
+        events). `exclusive` cancels a not-yet-started job of the same group (per-op generation only: a
         second approve or steering note must never drop the first)."""
 
         def job():
             result = fn()
-            if op is not None:
-                self.call_from_thread(self._refresh_op, op)
             if then is not None:
                 self.call_from_thread(lambda: self.is_running and then(result))
             return result
 
         return self.run_worker(job, name=name, group=group, thread=True, exclusive=exclusive, exit_on_error=False)
-
-    def _refresh_op(self, op: str) -> None:
-        if not self.is_running:
-            return
-        self.main.refresh_op(op, self.agent.states.get(op) if self.agent else None)
 
     @work(thread=True, exclusive=True, group="pipeline", exit_on_error=False, name="run")
     def _run_pipeline(self) -> dict:
@@ -287,7 +283,7 @@ class FastKernelsApp(App):
             self.notify("the whole run is generating; regenerate after it", severity="warning")
             return
         self.main.show_tab("stream")
-        self._engine_job(lambda: self.agent.generate_op(op), name=f"generate {op}", group=f"op:{op}", op=op,
+        self._engine_job(lambda: self.agent.generate_op(op), name=f"generate {op}", group=f"op:{op}",
                          exclusive=True)
 
     def action_approve(self) -> None:
@@ -300,7 +296,7 @@ class FastKernelsApp(App):
         if not self._need_agent() or not (op := self._need_op()):
             return
         fn = getattr(self.agent, what)
-        self._engine_job(lambda: fn(op), name=f"{what} {op}", group="review", op=op,
+        self._engine_job(lambda: fn(op), name=f"{what} {op}", group="review",
                          then=lambda _: self.main.add_log(f"{op}: {what}d"))
 
     def action_steer(self) -> None:
@@ -335,7 +331,7 @@ class FastKernelsApp(App):
         if view is not None:
             view.add("✎ edited by hand: saved, re-validating and re-benchmarking\n")
         self._engine_job(lambda: self.agent.submit_edit(op, code), name=f"check edit {op}", group=f"edit:{op}",
-                         op=op, then=lambda st: self._edit_checked(op, st))
+                         then=lambda st: self._edit_checked(op, st))
 
     def _edit_checked(self, op: str, state: Any) -> None:
         if not self.is_running:

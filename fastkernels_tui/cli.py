@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from fastkernels.agent.llm.base import DEFAULT_LLM_MODEL
+
 HELP = "open the cockpit: generate, review, edit and benchmark kernels, watch the GPU"
 
 
@@ -14,7 +16,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=int, default=None, help="1 kernels (default), 2 blocks, 3 decoder layers, 4 whole model")
     p.add_argument("--tiny", action="store_true", help="the same architecture shrunk so a CPU runs it in seconds")
     p.add_argument("--llm-model", default=None,
-                   help="claude-<model> (default claude-opus-4-6), openai:<model>, replay:<dir> or library (offline)")
+                   help=f"claude-<model> (default {DEFAULT_LLM_MODEL}), openai:<model>, replay:<dir> or library (offline)")
     p.add_argument("--llm-base-url", default=None, help="base URL of an OpenAI-compatible server")
     p.add_argument("--theme", default=None, help="a theme name (themes/*.toml or a Textual theme); remembered")
     p.add_argument("--auto-approve", action="store_true", help="no review: every correct kernel enters the e2e benchmark")

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-DEFAULT_LLM = "claude-opus-4-6"
+from fastkernels.agent.llm.base import DEFAULT_LLM_MODEL as DEFAULT_LLM
+from fastkernels.models.catalog import DEFAULT_MODEL
+
 OFFLINE_LLM = "library"
 
 
@@ -37,7 +38,7 @@ class SessionOptions:
 
 
 def has_nvidia_gpu() -> bool:
-    from fastkernels.bench.gpu_metrics import sample_once
+    from fastkernels.gpu.metrics import sample_once
 
     return sample_once().has_gpu
 

@@ -29,8 +29,16 @@ DEFAULT_THEME = "fastkernels-ember"
 _FIELDS = {f.name for f in dataclasses.fields(Theme)}
 
 
+def bundled_themes_dir() -> Path:
+    """The shipped themes: package data in an installed copy (pyproject.toml maps themes/ to
+    fastkernels_tui/bundled_themes), else themes/ of the checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "bundled_themes"
+    return installed if installed.is_dir() else here.parent / "themes"
+
+
 def theme_dirs() -> list[Path]:
-    return [Path(__file__).resolve().parents[1] / "themes", config_dir() / "themes"]
+    return [bundled_themes_dir(), config_dir() / "themes"]
 
 
 def theme_from_file(path: Path) -> Theme:

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from fastkernels.bench.sandbox import cuda_present
+from fastkernels.sandbox import cuda_present
 
 # Kernels run under the Triton interpreter on CPU machines (the suite never needs a GPU); on a GPU
 # machine they compile for real (the `gpu`-marked tests run there).

@@ -8,6 +8,9 @@ status sidecar), so an interrupted run loses nothing and `resume` continues wher
 
 This module keeps the seed's public names: `discover_operators`, `validate_kernel`,
 `build_generation_prompt`, `build_retry_prompt`.
+
+(Over 500 lines on purpose: one orchestrator, its per-operator state and the run's summary; the
+work itself lives in the judge, measure and track rooms.)
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastkernels import events as ev
+from fastkernels.agent.llm.base import DEFAULT_LLM_MODEL
 from fastkernels.errors import UsageError
+from fastkernels.measure.unit import UnitReport
 from fastkernels.registry.tasks import OperatorSpec, Workload, check_level, discover
+
+if TYPE_CHECKING:
+    from fastkernels.measure.e2e import E2EReport  # imported where a run is benchmarked
 
 
 def discover_operators(model: str, level, tiny: bool = False, workload: Workload | None = None) -> list[OperatorSpec]:
@@ -53,7 +62,7 @@ class AgentConfig:
     model: str
     level: int
     tiny: bool = False
-    llm_model: str = "claude-opus-4-6"
+    llm_model: str = DEFAULT_LLM_MODEL
     llm_base_url: str | None = None
     cuda_only: bool = False
     max_retries: int = 5
@@ -94,11 +103,18 @@ class OpState:
     code: str | None = None
     previous_code: str | None = None
     last_error: str | None = None
-    unit: dict | None = None
+    unit: UnitReport | None = None
     best_speedup: float | None = None
     steering: str | None = None
     path: Path | None = None
     origin: str = ""  # what the backend gave: "generated", "replay", "library" or "baseline"
+
+    def snapshot(self) -> ev.OpChanged:
+        """This state as an event (a copy: its receiver never shares the live object)."""
+        return ev.OpChanged(op=self.spec.name, status=self.status.value, attempt=self.attempt, code=self.code,
+                            previous_code=self.previous_code, last_error=self.last_error, steering=self.steering,
+                            path=str(self.path) if self.path else None, best_speedup=self.best_speedup,
+                            unit=self.unit)
 
     def sidecar(self) -> dict:
         return {
@@ -110,7 +126,7 @@ class OpState:
             "attempt": self.attempt,
             "last_error": self.last_error,
             "best_speedup": self.best_speedup,
-            "unit": self.unit,
+            "unit": self.unit.to_dict() if self.unit is not None else None,
             "saved_at": time.time(),
         }
 
@@ -138,9 +154,9 @@ class Agent:
         self._steering_all: str | None = None
         self._lock = threading.RLock()
         self._cancelled = threading.Event()
-        self.e2e_report: dict | None = None
+        self.e2e_report: E2EReport | None = None
         self._ceilings: dict | None = None
-        from fastkernels.bench.devices import GpuPool
+        from fastkernels.gpu.devices import GpuPool
 
         # Unit jobs of different operators run at once, one per GPU (a no-op without a GPU).
         self.gpus = GpuPool()
@@ -154,7 +170,7 @@ class Agent:
             pass
 
     def _track(self):
-        from fastkernels.bench.tracking import tracker
+        from fastkernels.track.tracking import tracker
 
         return tracker
 
@@ -163,6 +179,7 @@ class Agent:
 
     def _save(self, state: OpState) -> None:
         if state.code is None:
+            self.publish(state.spec.name)
             return
         path = self.kernel_path(state.spec.name)
         with self._lock:
@@ -170,9 +187,17 @@ class Agent:
             _atomic_write(path.with_suffix(".json"), json.dumps(state.sidecar(), indent=2, default=str))
             state.path = path
         self.emit(ev.KernelSaved(op=state.spec.name, path=str(path), status=state.status.value))
+        self.publish(state.spec.name)
 
     def _set(self, state: OpState, status: OpStatus) -> None:
         state.status = status
+        self.publish(state.spec.name)
+
+    def publish(self, *ops: str) -> None:
+        """Emit each operator's state as an OpChanged event (every operator when none is named):
+        how front ends learn of status, code and verdict changes."""
+        for op in ops or list(self.states):
+            self.emit(self.states[op].snapshot())
 
     def _device(self):
         """Measured ceilings of this machine's GPU for the prompt: the unit benchmark measures them
@@ -235,7 +260,7 @@ class Agent:
         state.status = status
         state.attempt = int(meta.get("attempt", 0))
         state.origin = meta.get("origin", "")
-        state.unit = meta.get("unit")
+        state.unit = UnitReport.from_dict(meta["unit"]) if isinstance(meta.get("unit"), dict) else None
         state.best_speedup = meta.get("best_speedup")
         state.last_error = meta.get("last_error")
         state.path = path
@@ -253,6 +278,8 @@ class Agent:
                 self._steering_all = note or None
             else:
                 self.states[op].steering = note or None
+        if op is not None:
+            self.publish(op)
 
     def _steering_for(self, state: OpState) -> str | None:
         notes = [n for n in (self._steering_all, state.steering) if n]
@@ -278,20 +305,20 @@ class Agent:
     def _check(self, state: OpState, code: str) -> tuple[bool, str | None, str]:
         """Validate, then unit-test unless skipped, in one sandboxed child holding one GPU.
         Returns (passed, error, stage)."""
-        from fastkernels.agent.validate import builds_cuda, validate_kernel
+        from fastkernels.judge import validate
 
         spec = state.spec
         report = None
         if self.config.skip_unit_tests:
-            result = validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
+            result = validate.validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
         else:
-            from fastkernels.bench.unit import run_gate
+            from fastkernels.judge.gate import run_gate
 
-            if builds_cuda(code, self.config.cuda_only) and self.gpus.gpus:
+            if validate.builds_cuda(code, self.config.cuda_only) and self.gpus.gpus:
                 # Compile before taking the GPU: nvcc needs only the CPU, so every operator's build
                 # runs at once instead of each holding the GPU (and the others' timing) for ~40 s.
                 # The gate's own import then loads the build from the cache.
-                built = validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
+                built = validate.validate_kernel(code, spec.class_name, spec=spec, cuda_only=self.config.cuda_only)
                 if not built.ok:
                     return False, built.error, built.stage
             with self.gpus.acquire() as gpu:
@@ -303,13 +330,12 @@ class Agent:
         self._save(state)
         if report is None:
             return True, None, "validate"
-        data = report.to_dict()
-        state.unit = data
-        if data.get("ceilings"):
-            self._ceilings = data["ceilings"]
-        state.best_speedup = _best_speedup(data)
-        self.emit(ev.UnitResult(op=spec.name, attempt=state.attempt, passed=report.passed, result=data))
-        self._track().log_unit(spec.name, data, attempt=state.attempt, passed=report.passed)
+        state.unit = report
+        if report.ceilings:
+            self._ceilings = report.ceilings
+        state.best_speedup = report.best_speedup
+        self.emit(ev.UnitResult(op=spec.name, attempt=state.attempt, passed=report.passed, report=report))
+        self._track().log_unit(spec.name, report, attempt=state.attempt)
         if not report.passed:
             return False, report.failure_message(), "unit"
         return True, None, "unit"
@@ -434,12 +460,12 @@ class Agent:
         wanted = (OpStatus.APPROVED,) if not self.config.auto_approve else ACCEPTED
         return {op: s.code for op, s in self.states.items() if s.status in wanted and s.code}
 
-    def run_e2e(self) -> dict | None:
+    def run_e2e(self) -> E2EReport | None:
         candidates = self._e2e_candidates()
         if not candidates:
             self.emit(ev.Message(text="no accepted kernel to benchmark end to end", level="warning"))
             return None
-        from fastkernels.bench.e2e import run_benchmark
+        from fastkernels.measure.e2e import run_benchmark
 
         kwargs = {}
         if self.config.prompt_len:
@@ -450,19 +476,18 @@ class Agent:
             kwargs["tp"] = self.config.tp
         report = run_benchmark(self.config.model, self.config.level, candidates=candidates,
                                tiny=self.config.tiny, sink=self.sink, **kwargs)
-        data = report.to_dict()
-        self.e2e_report = data
+        self.e2e_report = report
         _atomic_write(self.config.out_dir / f"L{self.config.level}" / "e2e.json",
-                      json.dumps(data, indent=2, default=str))
-        self._track().log_e2e(data)
-        return data
+                      json.dumps(report.to_dict(), indent=2, default=str))
+        self._track().log_e2e(report)
+        return report
 
     def _prewarm_gates(self) -> None:
         """Start one gate child per GPU ahead (imports and CUDA context done while the LLM writes),
-        and keep one waiting for each gate after that (fastkernels.bench.sandbox `prewarm`)."""
-        from fastkernels.bench.devices import GpuPool
-        from fastkernels.bench.sandbox import prewarm
-        from fastkernels.bench.unit import GATE_PRELOAD
+        and keep one waiting for each gate after that (fastkernels.sandbox `prewarm`)."""
+        from fastkernels.gpu.devices import GpuPool
+        from fastkernels.measure.unit import GATE_PRELOAD
+        from fastkernels.sandbox import prewarm
 
         for gpu in self.gpus.gpus or [None]:
             prewarm(GATE_PRELOAD, env=GpuPool.job_env(gpu))
@@ -498,7 +523,7 @@ class Agent:
                 if cfg.e2e and not self.cancelled:
                     for round_ in range(cfg.blame_rounds + 1):
                         report = self.run_e2e()
-                        blamed = (report or {}).get("blamed") or {}
+                        blamed = report.blamed if report is not None else {}
                         if not blamed or round_ == cfg.blame_rounds or self.cancelled:
                             break
                         for op, reason in blamed.items():
@@ -529,23 +554,24 @@ class Agent:
             rows.append({
                 "op": op, "status": s.status.value, "attempts": s.attempt, "origin": s.origin,
                 "correct": s.status in ACCEPTED, "speedup": s.best_speedup,
-                "vs_eager": _speedup_range(s.unit, "speedup_vs_eager"),
-                "vs_compile": _speedup_range(s.unit, "speedup_vs_compile"),
-                "roofline": _best_roofline(s.unit) if s.unit else None,
+                "vs_eager": s.unit.speedup_range("speedup_vs_eager") if s.unit else None,
+                "vs_compile": s.unit.speedup_range("speedup_vs_compile") if s.unit else None,
+                "roofline": s.unit.best_roofline if s.unit else None,
                 "path": str(s.path) if s.path else None, "error": s.last_error,
-                "timing_note": (s.unit or {}).get("timing_note", ""),
+                "timing_note": s.unit.timing_note if s.unit else "",
             })
         return {
             "model": self.config.model, "level": self.config.level, "tiny": self.config.tiny,
             "backend": self.backend.label, "ops": rows,
-            "passing": sum(r["correct"] for r in rows), "total": len(rows), "e2e": self.e2e_report,
+            "passing": sum(r["correct"] for r in rows), "total": len(rows),
+            "e2e": self.e2e_report.to_dict() if self.e2e_report is not None else None,
         }
 
 
 def __getattr__(name: str):
     """The seed's names that live in other modules, imported on first use (keeps import light)."""
     if name == "validate_kernel":
-        from fastkernels.agent.validate import validate_kernel
+        from fastkernels.judge.validate import validate_kernel
 
         return validate_kernel
     if name in ("build_generation_prompt", "build_retry_prompt"):
@@ -561,32 +587,12 @@ def prompt_text(prompt) -> str:
     return f"# system\n\n{getattr(prompt, 'system', '')}\n\n# user\n\n{getattr(prompt, 'user', '')}"
 
 
-def _best_speedup(unit: dict | None) -> float | None:
-    if not unit:
-        return None
-    vals = [s.get("speedup_vs_eager") for s in unit.get("shapes", []) if s.get("speedup_vs_eager")]
-    return max(vals) if vals else None
-
-
-def _speedup_range(unit: dict | None, key: str) -> list[float] | None:
-    """[lowest, highest] of one speedup over the timed shapes (None when nothing was timed)."""
-    vals = [s[key] for s in (unit or {}).get("shapes", []) if s.get(key) and s.get("passed")]
-    return [min(vals), max(vals)] if vals else None
-
-
-def _best_roofline(unit: dict | None) -> float | None:
-    if not unit:
-        return None
-    vals = [s.get("roofline_fraction") for s in unit.get("shapes", []) if s.get("roofline_fraction")]
-    return max(vals) if vals else None
-
-
 def _cached_ceilings() -> dict | None:
     """Ceilings cached by an earlier unit benchmark for GPU 0, looked up by its NVML name."""
     try:
         import pynvml
 
-        from fastkernels.bench.roofline import cache_path
+        from fastkernels.measure.roofline import cache_path
 
         pynvml.nvmlInit()
         name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
@@ -614,4 +620,4 @@ def _versions() -> dict:
     except ImportError:
         out["triton"] = "absent"
     return out
-from fastkernels.agent.validate import ValidationResult, validate_kernel  # noqa: F401  (seed API)
+from fastkernels.judge.validate import ValidationResult, validate_kernel  # noqa: F401  (seed API)

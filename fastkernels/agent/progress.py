@@ -136,10 +136,10 @@ def summary_table(summary: dict) -> Table:
     return t
 
 
-def e2e_line(report: dict | None) -> str:
-    """One line: the end-to-end verdict with the figures it rests on (beside the noise floor)."""
-    if not report:
+def e2e_line(report) -> str:
+    """One line: the end-to-end verdict (an E2EReport) with the figures it rests on (beside the
+    noise floor)."""
+    if report is None:
         return "end to end: not run"
-    if report.get("verdict"):
-        return f"end to end: {'PASS' if report.get('passed') else 'FAIL'} · {report['verdict']}"
-    return f"end to end: {'PASS' if report.get('passed') else 'FAIL'} · token match {report.get('token_match')}"
+    head = f"end to end: {'PASS' if report.passed else 'FAIL'}"
+    return f"{head} · {report.verdict}" if report.verdict else f"{head} · token match {report.token_match}"

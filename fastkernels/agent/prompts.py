@@ -1,5 +1,7 @@
 """What the agent asks the LLM, and how it reads the answer.
 
+(Over 500 lines on purpose: most of it is the prompt's own text, kept in one place to read whole.)
+
 `build_generation_prompt(op, cuda_only)` asks for a fast kernel file for one operator: the
 baseline task file as it is, the class and signatures to keep, the inputs it will see (shapes,
 dtypes), the GPU and its ceilings with the roofline floor of every shape, guidance for what bounds

@@ -9,11 +9,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from fastkernels.errors import UsageError
+from fastkernels.models.hf import FAMILY_PREFIX
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_MODEL = "meta-llama/Llama-3.1-8B-Instruct"  # what --model names when none is given
 
 # Families whose HF implementation fastkernels binds to (model_type -> family name used by tasks).
-SUPPORTED_FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe")
+SUPPORTED_FAMILIES = tuple(FAMILY_PREFIX)
 MOE_FAMILIES = ("mixtral", "qwen3_moe")
 
 # The tiny variant keeps the architecture (GQA ratio, rope type, MoE routing, qk-norm, biases) and

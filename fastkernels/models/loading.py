@@ -36,8 +36,10 @@ def _weights_on_disk(entry: ModelEntry) -> Path | None:
     if local.is_dir() and any(local.glob("*.safetensors")):
         return local
     try:
-        from huggingface_hub import scan_cache_dir  # noqa: F401  (cache layout helpers)
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import (
+            scan_cache_dir,  # noqa: F401  (cache layout helpers)
+            try_to_load_from_cache,
+        )
 
         for name in ("model.safetensors.index.json", "model.safetensors"):
             hit = try_to_load_from_cache(entry.model_id, name)

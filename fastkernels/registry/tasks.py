@@ -40,9 +40,14 @@ REQUIRED = ("CLASS_NAME", "FAMILIES", "init_args", "shapes", "make_inputs", "cos
 
 
 def tasks_root() -> Path:
-    """The tasks/ folder: $FASTKERNELS_TASKS, else the one beside the package (editable install)."""
+    """The tasks/ folder: $FASTKERNELS_TASKS, else the package data of an installed copy
+    (pyproject.toml maps tasks/ to fastkernels/tasks), else tasks/ of the checkout."""
     env = os.environ.get("FASTKERNELS_TASKS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "tasks"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "tasks"
+    return installed if installed.is_dir() else package.parent / "tasks"
 
 
 def baseline_dir(level: int) -> Path:

@@ -1,4 +1,4 @@
-"""Past runs, from the engine's tracking history (fastkernels.bench.history). Loaded in a worker;
+"""Past runs, from the engine's tracking history (fastkernels.track.history). Loaded in a worker;
 where tracking is absent or empty the screen says so."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _as_dict(row: Any) -> dict:
 
 def load_runs(model: str | None, level: int | None, limit: int = 50) -> list[dict]:
     """Rows of past runs, newest first. Raises ImportError while tracking is not installed."""
-    from fastkernels.bench import history
+    from fastkernels.track import history
 
     return [_as_dict(r) for r in history.list_runs(model=model, level=level, limit=limit)]
 

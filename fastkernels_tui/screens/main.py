@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from fastkernels import events as ev
-from fastkernels_tui.model import OpView, apply_event, sync_from_state
+from fastkernels_tui.views import OpView, apply_event
 from fastkernels_tui.widgets.bench import E2EPanel, UnitPanel
 from fastkernels_tui.widgets.diff import DiffView
 from fastkernels_tui.widgets.editor import KernelEditor
@@ -142,12 +142,11 @@ class MainScreen(Screen):
                 self.stream.append(text)
             self._dirty.add(op)
 
-    def apply_event(self, event: ev.Event, state=None) -> None:
+    def apply_event(self, event: ev.Event) -> None:
         op = getattr(event, "op", None)
         if op is not None and op in self.views:
             view = self.views[op]
             line = apply_event(view, event, time.monotonic())
-            sync_from_state(view, state)
             if line:
                 view.add(line)
                 if op == self.selected and isinstance(event, ev.StreamReset):
@@ -172,16 +171,6 @@ class MainScreen(Screen):
             self.add_log("run interrupted" if event.interrupted else "run finished")
         elif isinstance(event, ev.RunStarted):
             self.add_log(f"run started · {event.backend}" + (f" · {event.device}" if event.device else ""))
-
-    def refresh_op(self, op: str, state) -> None:
-        view = self.views.get(op)
-        if view is None:
-            return
-        sync_from_state(view, state)
-        self.tree.update_op(view)
-        if op == self.selected:
-            self.stream.update_header(view)
-            self._render_active()
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -3,13 +3,18 @@ speedups), and the end-to-end panel (progress, then the report)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, ProgressBar, Static
 
-from fastkernels_tui.model import OpView, unit_rows
+from fastkernels_tui.views import OpView, unit_rows
+
+if TYPE_CHECKING:
+    from fastkernels.measure.e2e import E2EReport
 
 BAR = "█"
 
@@ -62,8 +67,7 @@ class UnitPanel(Vertical):
             header.update(f"{view.name}: no unit results yet" if view else "no operator selected")
             bars.update("")
             return
-        unit = view.unit or {}
-        note = unit.get("error") or unit.get("timing_note") or unit.get("note") or ""
+        note = view.unit.error or view.unit.timing_note
         header.update(Text.assemble((view.name, "bold"), f" · unit results · attempt {view.attempt}" + (f" · {note}" if note else "")))
         for r in rows:
             ok = "✓" if r.passed else ("✗" if r.passed is False else "?")
@@ -113,21 +117,21 @@ class E2EPanel(Vertical):
         self.query_one("#e2e-header", Static).update(f"end-to-end: {stage} {done}/{total} {detail}".rstrip())
         self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
 
-    def show_report(self, passed: bool, report: dict) -> None:
-        notes = report.get("notes") or ""
+    def show_report(self, passed: bool, report: E2EReport) -> None:
+        notes = "; ".join(report.notes)
         self.query_one("#e2e-header", Static).update(Text.assemble(
             "end-to-end: ", ("passed" if passed else "FAILED", "bold green" if passed else "bold red"),
             f" · {notes}" if notes else ""))
         table = self.query_one(DataTable)
         table.clear()
-        flat = dict(_flatten(report))
+        flat = dict(_flatten(report.to_dict()))
         shown = set()
         for key, label in E2E_KEYS:
             if key in flat:
                 table.add_row(label, _value(flat[key]))
                 shown.add(key)
-        for key, val in flat.items():
-            if key not in shown:
+        for key, val in flat.items():  # the rest of the report, where it says something
+            if key not in shown and val not in (None, "", False):
                 table.add_row(key, _value(val))
 
 

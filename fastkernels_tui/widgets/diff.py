@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
-from fastkernels_tui.model import OpView
+from fastkernels_tui.views import OpView
 
 
 def _highlight_lines(code: str, theme: str) -> list[Text]:

@@ -10,7 +10,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static, TextArea
 
-from fastkernels_tui.model import OpView
+from fastkernels_tui.views import OpView
 
 
 class KernelEditor(Vertical):

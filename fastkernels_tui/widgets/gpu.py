@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Sparkline, Static
 
-from fastkernels.bench.gpu_metrics import MetricsSnapshot
+from fastkernels.gpu.metrics import MetricsSnapshot
 
 HISTORY = 60  # samples kept per series: 30 s at the 500 ms sampling period
 

@@ -9,7 +9,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from fastkernels.registry.tasks import LEVEL_NAMES
-from fastkernels_tui.model import OpView
+from fastkernels_tui.views import OpView
 
 STATUS_STYLE = {
     "generating": "bold $warning", "validating": "$warning", "invalid": "$error", "failed": "$error",

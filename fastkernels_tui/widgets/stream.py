@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Log, Static
 
-from fastkernels_tui.model import OpView
+from fastkernels_tui.views import OpView
 
 
 class StreamView(Vertical):

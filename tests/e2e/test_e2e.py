@@ -6,10 +6,17 @@ import json
 
 import pytest
 
-from fastkernels.bench.e2e import (E2EReport, _e2e_job, _judge, bracketed, pair_ratios, run_benchmark,
-                                   run_benchmarks)
 from fastkernels.cli import main
 from fastkernels.events import E2EProgress, E2EResult, KernelBlamed, Recorder
+from fastkernels.measure.e2e import (
+    E2EReport,
+    _judge,
+    bracketed,
+    pair_ratios,
+    run_benchmark,
+    run_benchmarks,
+)
+from fastkernels.measure.e2e_child import _e2e_job
 from fastkernels.registry.tasks import baseline_dir, load_task, task_names
 
 from . import planted
@@ -92,7 +99,7 @@ def test_run_benchmark_in_the_sandbox_passes_the_baseline_and_reports_events():
     stages = [e.stage for e in rec.of(E2EProgress)]
     assert stages[:3] == ["load", "baseline", "noise floor"] and "shadow check" in stages
     (result,) = rec.of(E2EResult)
-    assert result.passed and result.report["shadow"]["passed"]
+    assert result.passed and result.report.shadow["passed"] and result.report.token_match == r.token_match
     assert not rec.of(KernelBlamed)
 
 
@@ -233,7 +240,7 @@ def test_report_tables_render_their_titles_whole():
     """Rich reads "[...]" as markup: the timing table's title must still say what its brackets mean."""
     from rich.console import Console
 
-    from fastkernels.bench.e2e import report_renderables
+    from fastkernels.measure.e2e import report_renderables
 
     r = E2EReport.from_dict({"model_id": MODELS["llama"], "level": 1, "tiny": True, "candidates": [],
                              "device": "cpu", "verdict": "pass", "passed": True,
@@ -252,7 +259,13 @@ def test_layerwise_noise_floor_equals_casting_the_whole_model(family):
     parameters end in bf16 again, unchanged."""
     import torch
 
-    from fastkernels.bench.e2e import _decoder_layers, _fp32_parameters, _setup, greedy, teacher_forced
+    from fastkernels.measure.e2e_child import (
+        _decoder_layers,
+        _fp32_parameters,
+        _setup,
+        greedy,
+        teacher_forced,
+    )
 
     payload = {"model": MODELS[family], "tiny": True, "prompt_len": 6, "batch": 1, "device": "cpu",
                "dtype": "bfloat16", "seed": 0}
@@ -280,7 +293,7 @@ def test_layerwise_noise_floor_equals_casting_the_whole_model(family):
 
 
 def test_noise_floor_mode_is_checked_and_recorded():
-    from fastkernels.bench.e2e import _noise_floor_layerwise
+    from fastkernels.measure.e2e_child import _noise_floor_layerwise
 
     (r,) = measure("llama", {"baseline": baseline_codes("llama")}, noise_floor="layerwise").values()
     assert r.passed and any("one decoder layer at a time" in n for n in r.notes)

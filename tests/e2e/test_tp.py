@@ -10,14 +10,21 @@ import time
 import pytest
 import torch
 
-from fastkernels.bench import devices
-from fastkernels.bench.e2e import run_benchmark, run_benchmarks
-from fastkernels.bench.tp import MULTICAST_OFF, launch
 from fastkernels.cli import main
 from fastkernels.errors import UsageError
+from fastkernels.gpu import devices
+from fastkernels.measure.e2e import run_benchmark, run_benchmarks
+from fastkernels.measure.tp import MULTICAST_OFF, launch
 from fastkernels.models.catalog import resolve
 from fastkernels.models.loading import load_model
-from fastkernels.registry.tasks import Workload, baseline_dir, build_inputs, build_spec, load_task, task_names
+from fastkernels.registry.tasks import (
+    Workload,
+    baseline_dir,
+    build_inputs,
+    build_spec,
+    load_task,
+    task_names,
+)
 
 from . import planted
 
@@ -120,7 +127,7 @@ def test_a_rank_that_raises_ends_the_run_with_its_error_line():
                "only": ["L1/rms_norm"]}
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"^rank 1: RuntimeError: rank-one kernel bug$"):
-        launch("fastkernels.bench.e2e:_probe_job", payload, 2, backend="gloo")
+        launch("fastkernels.measure.e2e_child:_probe_job", payload, 2, backend="gloo")
     assert time.monotonic() - start < 120
 
 
@@ -139,7 +146,7 @@ def test_agent_tp2_discovers_one_ranks_shapes_and_benchmarks_tensor_parallel(tmp
     (that run itself is the one the tests above make)."""
     from fastkernels.agent.agent import Agent, AgentConfig, OpStatus
     from fastkernels.agent.llm import get_backend
-    from fastkernels.bench import e2e
+    from fastkernels.measure import e2e
 
     calls = []
     monkeypatch.setattr(e2e, "run_benchmark", lambda *a, **kw: calls.append(kw) or e2e.E2EReport(LLAMA, 1, True, []))
@@ -254,7 +261,8 @@ def test_gpu_pool_without_gpus_never_waits():
 
 
 def test_run_unit_pins_its_job_to_the_gpu_it_was_given(monkeypatch):
-    from fastkernels.bench import sandbox, unit
+    from fastkernels import sandbox
+    from fastkernels.judge import gate
 
     seen = []
 
@@ -262,9 +270,9 @@ def test_run_unit_pins_its_job_to_the_gpu_it_was_given(monkeypatch):
         seen.append(env)
         return sandbox.JobResult(False, "exception", error="stopped here")
 
-    monkeypatch.setattr(unit, "run_job", fake_run_job)
+    monkeypatch.setattr(gate, "run_job", fake_run_job)
     spec = build_spec(1, "rms_norm", LLAMA, True)
     code = (baseline_dir(1) / "rms_norm.py").read_text()
-    unit.run_unit(spec, code, gpu="1")
-    unit.run_unit(spec, code)
+    gate.run_unit(spec, code, gpu="1")
+    gate.run_unit(spec, code)
     assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1" and seen[1] is None

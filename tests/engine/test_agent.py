@@ -240,8 +240,8 @@ def test_kernel_blamed_end_to_end_is_regenerated(tmp_path):
     assert summary["passing"] == 1 and summary["e2e"]["passed"]
     assert (tmp_path / "out" / "L1" / "rms_norm.py").read_text() == good
     # Gates ran in children started ahead: one still waits for the next gate (ended below).
-    from fastkernels.bench import sandbox
-    from fastkernels.bench.unit import GATE_PRELOAD
+    from fastkernels import sandbox
+    from fastkernels.measure.unit import GATE_PRELOAD
 
     assert any(k[1] == GATE_PRELOAD and c.proc.poll() is None for k, c in sandbox._warm.items())
     sandbox.shutdown_warm()
@@ -252,7 +252,7 @@ def test_kernel_blamed_end_to_end_is_regenerated(tmp_path):
     assert saved["passing"] == 1 and [r["op"] for r in saved["ops"]] == ["rms_norm"]
     from fastkernels.agent.progress import e2e_line
 
-    line = e2e_line(summary["e2e"])
+    line = e2e_line(agent.e2e_report)
     assert line.startswith("end to end: PASS") and "noise floor" in line
 
 
@@ -292,9 +292,9 @@ def test_cuda_builds_run_before_the_gpu_is_taken(tmp_path, monkeypatch):
     operators overlap; a build error comes back without the GPU ever being held."""
     import contextlib
 
-    import fastkernels.agent.validate as validate
-    import fastkernels.bench.unit as unit
-    from fastkernels.agent.validate import ValidationResult
+    import fastkernels.judge.gate as gate
+    import fastkernels.judge.validate as validate
+    from fastkernels.judge.validate import ValidationResult
 
     agent = Agent(AgentConfig(model=MODEL, level=1, tiny=True, ops=["rms_norm"], out_dir=tmp_path / "out"),
                   sink=ev.Recorder(), backend=get_backend("library"))
@@ -314,7 +314,7 @@ def test_cuda_builds_run_before_the_gpu_is_taken(tmp_path, monkeypatch):
     monkeypatch.setattr(validate, "validate_kernel",
                         lambda code, name, **kw: calls.append("build") or ValidationResult(
                             verdict["ok"], None if verdict["ok"] else "nvcc: error: identifier x is undefined"))
-    monkeypatch.setattr(unit, "run_gate", lambda spec, code, **kw: calls.append("gate") or (ValidationResult(False, "stop"), None))
+    monkeypatch.setattr(gate, "run_gate", lambda spec, code, **kw: calls.append("gate") or (ValidationResult(False, "stop"), None))
     state = agent.states["rms_norm"]
     cuda_code = "from torch.utils.cpp_extension import load_inline\n"
     agent._check(state, cuda_code)
@@ -335,6 +335,7 @@ def test_summary_shows_speedups_against_eager_and_torch_compile_over_the_shapes(
     from rich.console import Console
 
     from fastkernels.agent.progress import summary_table
+    from fastkernels.measure.unit import UnitReport
 
     root = Path(__file__).resolve().parents[2]
     units = json.loads((root / "benchmarks/results/cuda_library/unit.json").read_text())["ops"]
@@ -342,7 +343,7 @@ def test_summary_shows_speedups_against_eager_and_torch_compile_over_the_shapes(
                   sink=ev.Recorder(), backend=get_backend("library"))
     agent.discover()
     for op in ("rms_norm", "silu_and_mul"):
-        agent.states[op].unit = units[op]["triton"]
+        agent.states[op].unit = UnitReport.from_dict(units[op]["triton"])
         agent.states[op].status = OpStatus.APPROVED
     rows = {r["op"]: r for r in agent.summary()["ops"]}
     shapes = [s for s in units["rms_norm"]["triton"]["shapes"] if s.get("speedup_vs_compile")]

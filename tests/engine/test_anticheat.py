@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastkernels.bench.unit import run_unit
+from fastkernels.judge.gate import run_unit
 from fastkernels.registry.tasks import build_spec
 
 CHEATS = Path(__file__).parent / "cheats"
@@ -97,7 +97,7 @@ def _trace(*kernels):
 
 
 def test_side_stream_kernel_is_rejected_from_the_trace():
-    from fastkernels.bench.unit import _Reject, judge_kernels, kernels_from_trace
+    from fastkernels.measure.unit import _Reject, judge_kernels, kernels_from_trace
 
     home, kernels = kernels_from_trace(_trace(("FillFunctor marker", 7), ("_rms_norm_row", 13)))
     assert home == 7 and kernels == [("_rms_norm_row", 13)]
@@ -108,7 +108,7 @@ def test_side_stream_kernel_is_rejected_from_the_trace():
 
 
 def test_framework_kernels_fail_cuda_only_and_pretenders_fail_always():
-    from fastkernels.bench.unit import _Reject, judge_kernels
+    from fastkernels.measure.unit import _Reject, judge_kernels
 
     ours = "_Z15rms_norm_kernelPK13__nv_bfloat16S1_PS_if"  # a mangled CUDA name contains the source name
     framework = "void at::native::vectorized_elementwise_kernel<4, at::native::mul_kernel>"
@@ -123,7 +123,7 @@ def test_framework_kernels_fail_cuda_only_and_pretenders_fail_always():
 
 
 def test_kernel_names_are_read_from_the_source():
-    from fastkernels.bench.unit import kernel_names
+    from fastkernels.judge.gate import kernel_names
 
     cuda = 'src = """\ntemplate <int B>\n__global__ __launch_bounds__(256) void fused_norm(float* x) {}\n"""\n'
     assert kernel_names((CHEATS / "correct_rms_norm.py").read_text() + cuda) == ["_rms_norm_row", "fused_norm"]

@@ -6,7 +6,7 @@ import torch
 
 from fastkernels.models.catalog import known_models, resolve
 from fastkernels.registry import build_spec, load_task, task_names
-from fastkernels.registry.bindings import HF_REFERENCES
+from fastkernels.registry.oracles import HF_REFERENCES
 from fastkernels.registry.tasks import Workload, build_baseline, build_inputs
 
 MODEL_OF_FAMILY = {}

@@ -27,10 +27,10 @@ import pytest
 from fastkernels.agent.llm.base import LLMError
 from fastkernels.agent.llm.library import LibraryBackend, library_kernel_path
 from fastkernels.agent.prompts import build_generation_prompt, build_retry_prompt
-from fastkernels.agent.validate import static_check
-from fastkernels.bench import cuda_build
-from fastkernels.bench.unit import kernel_names
 from fastkernels.errors import ResourceError
+from fastkernels.gpu import cuda_build
+from fastkernels.judge.gate import kernel_names
+from fastkernels.judge.validate import static_check
 from fastkernels.registry.tasks import baseline_dir, build_spec, library_dir
 
 CUDA_OPS = ("rms_norm", "add_rms_norm", "silu_and_mul", "rotary_embedding", "embedding")
@@ -202,7 +202,7 @@ def test_cli_cuda_only_without_a_gpu_is_one_line_and_exit_2(argv, monkeypatch, c
 BUILD_SCRIPT = textwrap.dedent('''
     import json, sys
     import torch.utils.cpp_extension as ext
-    from fastkernels.bench import cuda_build
+    from fastkernels.gpu import cuda_build
     if ext.CUDA_HOME is None:  # the CPU wheel of torch does not look for a toolkit
         ext.CUDA_HOME = sys.argv[1]
     NAME = "fk_cache_probe"
@@ -319,8 +319,8 @@ GPU_CASES = ([("meta-llama/Llama-3.1-8B-Instruct", op, True) for op in CUDA_OPS]
 @pytest.mark.gpu
 @pytest.mark.parametrize("model,op,tiny", GPU_CASES)
 def test_library_cuda_kernel_passes_validation_and_the_cuda_only_unit_check_on_the_gpu(model, op, tiny):
-    from fastkernels.agent.validate import validate_kernel
-    from fastkernels.bench.unit import run_unit
+    from fastkernels.judge.gate import run_unit
+    from fastkernels.judge.validate import validate_kernel
 
     _needs_gpu()
     code = _cuda_file(op).read_text()
@@ -334,7 +334,7 @@ def test_library_cuda_kernel_passes_validation_and_the_cuda_only_unit_check_on_t
 
 @pytest.mark.gpu
 def test_a_broken_candidate_gets_the_trimmed_build_error_from_validation_on_the_gpu():
-    from fastkernels.agent.validate import validate_kernel
+    from fastkernels.judge.validate import validate_kernel
 
     _needs_gpu()
     code = _cuda_file("silu_and_mul").read_text().replace("const float x = to_float(g.v[j]);",

@@ -8,8 +8,8 @@ import types
 
 import psutil
 
-from fastkernels.bench import gpu_metrics
-from fastkernels.bench.gpu_metrics import MetricsSampler
+from fastkernels.gpu import metrics as gpu_metrics
+from fastkernels.gpu.metrics import MetricsSampler
 
 
 class _NVMLError(Exception):

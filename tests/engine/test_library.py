@@ -4,7 +4,7 @@ Triton interpreter on a CPU machine; compiled and on the GPU where there is one)
 sizes and launch paths the registry's tiny shapes do not reach (strided views, non-power-of-two
 widths, split-K decode, every autotune config, the GPU-only autotuned launch code).
 
-Tolerances are the unit benchmark's (fastkernels.bench.unit.TOLERANCES, one definition):
+Tolerances are the unit benchmark's (fastkernels.rules.tolerance.TOLERANCES, one definition):
 |ours - baseline| <= atol * rms(baseline) + rtol * |baseline|, with atol = rtol = 2e-2 in bf16 and
 1e-4 in fp32. bf16 needs the room for a second reason here: the interpreter rounds fp32 -> bf16 by
 truncation (up to 1 ulp = 0.8% where the GPU rounds to nearest), and the baseline rounds 2-3 times.
@@ -17,10 +17,16 @@ import os
 import pytest
 import torch
 
-from fastkernels.bench.unit import TOLERANCES
 from fastkernels.models.catalog import known_models, resolve
 from fastkernels.registry import build_spec, load_task, task_names
-from fastkernels.registry.tasks import build_baseline, build_inputs, kernel_source, library_dir, load_module
+from fastkernels.registry.tasks import (
+    build_baseline,
+    build_inputs,
+    kernel_source,
+    library_dir,
+    load_module,
+)
+from fastkernels.rules.tolerance import TOLERANCES
 
 # Triton 3.6's interpreter converts 1-element arrays with int() on every program-id-derived loop
 # bound (numpy deprecation; pinned below 2.4, where it becomes an error).
@@ -277,7 +283,7 @@ def test_embedding_shapes_and_bad_ids():
 def test_unit_benchmark_passes_a_library_kernel():
     """The sandboxed unit benchmark (child process, poisoned memory, aliasing and caching checks)
     accepts the library's attention for Qwen2.5 (GQA group of 7 in the real model, 2 in the tiny)."""
-    from fastkernels.bench.unit import run_unit
+    from fastkernels.judge.gate import run_unit
 
     spec = build_spec(1, "attention", MODEL_OF_FAMILY["qwen2"], tiny=True)
     report = run_unit(spec, kernel_source(library_dir(1) / "attention.py"), seeds=1, timing=False)

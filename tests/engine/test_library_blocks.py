@@ -7,23 +7,29 @@ greedy tokens end to end.
 One family per operator per dtype (one with a feature the others lack: Qwen3's qk-norm for
 attention, Qwen3-MoE's rounded routing weights for MoE, Qwen2's q/k/v biases for the dense layer);
 every family was run by hand through run_gate and the end-to-end check. Correctness is the unit
-benchmark's rule (fastkernels.bench.unit, one definition): against the baseline run in fp32 with the
+benchmark's rule (fastkernels.measure.unit, one definition): against the baseline run in fp32 with the
 dtype's tolerance, or, for deep blocks whose baseline in that dtype is itself further off (a whole
 model in bf16 on a GPU), within twice that baseline's own error. Library files are ours, so they are imported in-process here (candidates
 only ever run in a child); the gate and the end-to-end check run them in their sandboxed children.
 """
 
+import copy
 import os
 
 import pytest
 import torch
 
-import copy
-
-from fastkernels.bench.unit import TOLERANCES, _compare, _Reject, _to_fp32
+from fastkernels.measure.unit import _compare, _Reject, _to_fp32
 from fastkernels.models.catalog import known_models, resolve
 from fastkernels.registry import build_spec, load_task
-from fastkernels.registry.tasks import build_baseline, build_inputs, kernel_source, library_dir, load_module
+from fastkernels.registry.tasks import (
+    build_baseline,
+    build_inputs,
+    kernel_source,
+    library_dir,
+    load_module,
+)
+from fastkernels.rules.tolerance import TOLERANCES
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
@@ -114,7 +120,7 @@ def test_attention_mask_is_bottom_right_on_both_paths(sdpa):
 def test_gate_accepts_a_library_block():
     """The agent's gate (static checks, then the unit check in the sandbox, which requires a Triton
     launch of the candidate's own): what `--llm-model library` serves gets through it."""
-    from fastkernels.bench.unit import run_gate
+    from fastkernels.judge.gate import run_gate
 
     spec = build_spec(2, "mlp_block", MODEL_OF_FAMILY["llama"], tiny=True)
     verdict, report = run_gate(spec, kernel_source(library_dir(2) / "mlp_block.py"), timing=False)
@@ -129,7 +135,7 @@ def test_gate_accepts_a_library_block():
     ("meta-llama/Llama-3.1-8B-Instruct", ["attention_block", "mlp_block"]),
 ], ids=["mixtral", "llama"])
 def test_l2_library_end_to_end(model, ops):
-    from fastkernels.bench.e2e import run_benchmark
+    from fastkernels.measure.e2e import run_benchmark
 
     cands = {op: kernel_source(library_dir(2) / f"{op}.py") for op in ops}
     r = run_benchmark(model, 2, candidates=cands, tiny=True, compile_baseline=False)

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from fastkernels.agent.llm.library import LibraryBackend
-from fastkernels.agent.validate import static_check
 from fastkernels.agent.prompts import extract_code
 from fastkernels.errors import UsageError
+from fastkernels.judge.validate import static_check
 from fastkernels.registry.patching import find_candidates
 from fastkernels.registry.tasks import (
     expand_includes,

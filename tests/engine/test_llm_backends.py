@@ -18,17 +18,17 @@ from types import SimpleNamespace
 import pytest
 
 from fastkernels.agent.llm import (
-    AuthError,
     DEFAULT_LLM_MODEL,
+    AuthError,
     GenerationCancelled,
     LLMError,
     get_backend,
 )
 from fastkernels.agent.llm.library import LibraryBackend
 from fastkernels.agent.llm.replay import RecordingBackend, ReplayBackend
-from fastkernels.registry.tasks import kernel_source
 from fastkernels.agent.prompts import CodeExtractionError, Prompt, extract_code
 from fastkernels.errors import UsageError
+from fastkernels.registry.tasks import kernel_source
 
 KERNEL = textwrap.dedent('''\
     import torch

@@ -3,6 +3,7 @@ and each pin satisfies the bounds `pyproject.toml` gives (moving a bound without
 adding a dependency without pinning it, fails here rather than on a user's machine next month)."""
 
 import importlib.util
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -54,3 +55,33 @@ def test_a_constraints_line_that_is_not_an_exact_pin_is_refused(tmp_path):
     bad.write_text("# comment\nrich==14.0.0\ntransformers>=5.17\n")
     with pytest.raises(ValueError, match="transformers>=5.17"):
         load_pins_script().read_pins(bad)
+
+
+def test_pyproject_lists_every_package_of_the_tree():
+    """pyproject.toml lists its packages (tasks/ and themes/ are mapped into them); a new subpackage
+    left off the list would be missing from every non-editable install."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(ROOT).parts) for root in ("fastkernels", "fastkernels_tui")
+             for p in (ROOT / root).rglob("__init__.py")}
+    mapped = setuptools["package-dir"]
+    assert set(setuptools["packages"]) == found | set(mapped)
+    assert all((ROOT / folder).is_dir() for folder in mapped.values())
+
+
+def test_a_wheel_carries_the_tasks_and_the_themes(tmp_path):
+    """What a non-editable install gets: every baseline and library file and every bundled theme,
+    where fastkernels.registry.tasks.tasks_root() and fastkernels_tui.themes look for them."""
+    import subprocess
+    import sys
+    import zipfile
+
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("fastkernels-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tree = {f"fastkernels/tasks/{p.relative_to(ROOT / 'tasks').as_posix()}"
+            for sub in ("baseline", "library") for p in (ROOT / "tasks" / sub).rglob("*.py")}
+    tree |= {f"fastkernels_tui/bundled_themes/{p.name}" for p in (ROOT / "themes").glob("*.toml")}
+    assert len(tree) > 40 and tree <= names, sorted(tree - names)[:5]
+    assert not any("/candidate/" in n for n in names)

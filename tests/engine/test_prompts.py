@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from fastkernels.agent.prompts import (
-    CodeExtractionError,
     MAX_ERROR_CHARS,
+    CodeExtractionError,
     Prompt,
     build_generation_prompt,
     build_retry_prompt,

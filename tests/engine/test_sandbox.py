@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from fastkernels.bench.sandbox import run_job, scrub_env
+from fastkernels.rules.secrets import scrubbed_environ
+from fastkernels.sandbox import run_job
 
 FAULTS = "tests.engine.cheats.faults"
 
@@ -34,9 +35,10 @@ def test_ok_job_returns_value_in_its_own_dir_and_session(monkeypatch):
 
 
 def test_scrub_env_patterns():
-    kept = scrub_env({"OPENAI_API_KEY": "1", "GITHUB_TOKEN": "2", "aws_secret_access_key": "3",
-                      "HOME": "/h", "TOKENIZERS_PARALLELISM": "false"})
-    assert kept == {"HOME": "/h", "TOKENIZERS_PARALLELISM": "false"}
+    kept = scrubbed_environ({"OPENAI_API_KEY": "1", "GITHUB_TOKEN": "2", "aws_secret_access_key": "3",
+                             "DB_PASSWD": "4", "AWS_ACCESS_KEY_ID": "5", "SSH_PRIVATE_KEY": "6", "HTTP_AUTH": "7",
+                             "HOME": "/h", "TOKENIZERS_PARALLELISM": "false", "GIT_AUTHOR_NAME": "a"})
+    assert kept == {"HOME": "/h", "TOKENIZERS_PARALLELISM": "false", "GIT_AUTHOR_NAME": "a"}
 
 
 def test_given_cwd_is_used_and_kept(tmp_path):
@@ -99,7 +101,7 @@ def test_unserialisable_result_is_an_exception():
 def test_child_start_is_cheap():
     # A job that imports nothing heavy pays one interpreter start: 0.07 s measured on this 2-core
     # box; importing torch alone takes 1.5-3 s here, so 1.5 s means nothing heavy loads eagerly.
-    best = min(run_job("fastkernels.bench.sandbox:probe", {}, timeout=30, label="probe").seconds for _ in range(3))
+    best = min(run_job("fastkernels.sandbox:probe", {}, timeout=30, label="probe").seconds for _ in range(3))
     assert best < 1.5
 
 
@@ -118,11 +120,11 @@ def test_warm_child_is_started_ahead_with_its_imports_and_runs_one_job_only(monk
     """With `warm`, the next job's child is started (and imports torch) while this job runs: the
     second job finds torch already imported and pays no interpreter start; every job still gets a
     process of its own, with credentials scrubbed; a failure in one leaves the next unharmed."""
-    from fastkernels.bench import sandbox
+    from fastkernels import sandbox
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     monkeypatch.setenv("FK_WARM_TEST", "1")  # a kind of job of its own: no other test's child is reused
-    probe = "fastkernels.bench.sandbox:probe"
+    probe = "fastkernels.sandbox:probe"
     try:
         # Without prewarm, `warm` starts nothing ahead (a one-off job must not pay for a spare child).
         run_job(probe, {}, timeout=120, label="one-off", warm=("torch",))
@@ -165,7 +167,7 @@ def test_waiting_child_ends_with_its_parent(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import os, sys\n"
-        "from fastkernels.bench import sandbox\n"
+        "from fastkernels import sandbox\n"
         "sandbox.prewarm(('json',))\n"
         "print([c.proc.pid for c in sandbox._warm.values()][0], flush=True)\n"
         "os._exit(0)\n"  # no atexit: the waiting child must notice by itself

@@ -23,8 +23,10 @@ import psutil
 import pytest
 
 from fastkernels import cli
-from fastkernels.bench import history
-from fastkernels.bench.tracking import REDACTED, scrub, scrub_obj, tracker
+from fastkernels.rules.secrets import REDACTED, scrub, scrub_obj
+from fastkernels.measure.e2e import E2EReport
+from fastkernels.measure.unit import ShapeResult, UnitReport
+from fastkernels.track.tracking import tracker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,11 +41,11 @@ ALL_SECRETS = (ENV_KEY, HF_KEY, SHAPED, PARAM_KEY, BEARER)
 RMS_CODE = "import torch\n\nclass RMSNorm(torch.nn.Module):\n    pass  # attempt 2\n"
 
 
-def _unit(passed: bool, speedups: list[float]) -> dict:
-    """Shaped like bench.unit.UnitReport.to_dict(): per-shape speedups, top-level verdict."""
-    return {"op": "x", "passed": passed, "device": "cuda",
-            "shapes": [{"shape": f"s{i}", "passed": passed, "speedup_vs_eager": s, "speedup_vs_compile": s / 2}
-                       for i, s in enumerate(speedups)]}
+def _unit(passed: bool, speedups: list[float]) -> UnitReport:
+    """A unit report as the gate returns it: per-shape speedups, top-level verdict."""
+    return UnitReport(op="x", passed=passed, device="cuda",
+                      shapes=[ShapeResult(shape=f"s{i}", dtype="bfloat16", passed=passed, speedup_vs_eager=s,
+                                          speedup_vs_compile=s / 2) for i, s in enumerate(speedups)])
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +94,12 @@ def store(tmp_path_factory):
                 with ThreadPoolExecutor(3) as pool:
                     list(pool.map(lambda j: one_op(*j), jobs))
                 tracker.log_metrics({"tokens": {"input": 1200, "output": 3400}, "gen_seconds": 12.5})
-                tracker.log_e2e({"passed": True, "token_match": 0.97, "speedup": 1.3,
-                                 "shadow": {"rms_norm": {"max_err": 0.004, "worst_layer": 1}},
-                                 "note": f"ran with {ENV_KEY}"})
+                # The report the agent and `fastkernels bench` log: its decode speedup is what
+                # history shows as the run's end-to-end speedup.
+                tracker.log_e2e(E2EReport(model_id=params["model"], level=1, tiny=False, candidates=["L1/rms_norm"],
+                                          passed=True, token_match=0.97, speedup_decode=1.3, speedup_prefill=1.1,
+                                          shadow={"rms_norm": {"max_err": 0.004, "worst_layer": 1}},
+                                          notes=[f"ran with {ENV_KEY}"]))
                 tracker.set_status("partial")
             time.sleep(0.01)
 
@@ -181,7 +186,7 @@ def test_history_of_one_run(store, capsys):
     table = json.loads((art / ids["agent"] / "artifacts/e2e/table.json").read_text())
     assert table["columns"] == ["metric", "value"]
     rows = dict(table["data"])
-    assert (rows["token_match"], rows["shadow.rms_norm.worst_layer"], rows["note"]) == ("0.97", "1", f"ran with {REDACTED}")
+    assert (rows["token_match"], rows["shadow.rms_norm.worst_layer"], rows["notes.0"]) == ("0.97", "1", f"ran with {REDACTED}")
 
     text = _history(capsys, "--tracking-uri", uri, ids["agent"])
     assert "kernels: 2/3 passing" in text
@@ -303,13 +308,15 @@ def test_mlflow_ui_serves_the_store(store, tmp_path):
 _SCRIPT = textwrap.dedent("""
     import sys, time
     {block}
-    from fastkernels.bench.tracking import tracker
+    from fastkernels.measure.e2e import E2EReport
+    from fastkernels.measure.unit import UnitReport
+    from fastkernels.track.tracking import tracker
     t0 = time.perf_counter()
     with tracker.start_run("agent", params={{"model": "m", "level": 1}}, root=True) as run:
         with tracker.start_run("rms_norm"):
             tracker.log_kernel("rms_norm", level=1, code="x", attempt=1, status="correct")
-            tracker.log_unit("rms_norm", {{"passed": True, "speedup": 2.0}})
-        tracker.log_e2e({{"passed": True, "token_match": 1.0}})
+            tracker.log_unit("rms_norm", UnitReport(op="rms_norm", passed=True))
+        tracker.log_e2e(E2EReport(model_id="m", level=1, tiny=True, candidates=[], passed=True, token_match=1.0))
         tracker.log_metrics({{"a": 1}})
         open({gate!r}, "w").close()  # only now may the (fake) MLflow import finish
     with tracker.start_run("again", root=True):
@@ -349,7 +356,7 @@ def test_runs_go_on_without_mlflow(tmp_path, how):
 
 
 def test_tracking_stays_off_the_import_path():
-    code = ("import sys, fastkernels.cli, fastkernels.bench.tracking, fastkernels.bench.history\n"
+    code = ("import sys, fastkernels.cli, fastkernels.track.tracking, fastkernels.track.history\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'pandas', 'sqlalchemy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastkernels.bench.sandbox import cuda_present
-from fastkernels.bench.unit import TOLERANCES, UnitReport, _compare, _Reject, run_unit
+from fastkernels.judge.gate import run_unit
+from fastkernels.measure.unit import UnitReport, _compare, _Reject
 from fastkernels.registry.tasks import build_spec, kernel_source, library_dir
+from fastkernels.rules.tolerance import TOLERANCES
+from fastkernels.sandbox import cuda_present
 
 CHEATS = Path(__file__).parent / "cheats"
 GOOD = (CHEATS / "correct_rms_norm.py").read_text()
@@ -176,7 +178,7 @@ def test_deep_blocks_get_the_baselines_own_error_as_floor():
 
 # ---- the stopwatch, on a simulated GPU queue (host clock, in-order device, events) -------------
 
-from fastkernels.bench import timing  # noqa: E402
+from fastkernels.measure import timing  # noqa: E402
 
 
 class _Event:
@@ -301,7 +303,7 @@ def test_stats_and_rotations():
 
 
 def test_several_candidates_share_one_child_with_exact_attribution():
-    from fastkernels.bench.unit import run_unit_many
+    from fastkernels.judge.gate import run_unit_many
 
     spec = dataclasses.replace(build_spec(1, "rms_norm", MODEL, tiny=True), dtypes=("float32",))
     crash = GOOD.replace("        return rms_norm(x, self.weight, self.variance_epsilon)",
@@ -318,8 +320,8 @@ def test_several_candidates_share_one_child_with_exact_attribution():
 
 
 def test_gate_in_one_child_gives_the_verdicts_of_validate_then_unit():
-    from fastkernels.agent.validate import validate_kernel
-    from fastkernels.bench.unit import run_gate
+    from fastkernels.judge.gate import run_gate
+    from fastkernels.judge.validate import validate_kernel
 
     spec = dataclasses.replace(build_spec(1, "rms_norm", MODEL, tiny=True), dtypes=("float32",))
     broken_import = GOOD.replace("import triton\n", "import triton\nraise RuntimeError('boom at import')\n", 1)

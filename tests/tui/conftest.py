@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from fastkernels.bench.gpu_metrics import GPUSample, HostSample, MetricsSnapshot
+from fastkernels.gpu.metrics import GPUSample, HostSample, MetricsSnapshot
 from fastkernels_tui.app import FastKernelsApp
 from fastkernels_tui.options import SessionOptions
 

@@ -34,9 +34,9 @@ def tiny_specs(model: str, level: int):
     return _SPECS[key]
 
 
-def unit_report(op: str, attempt: int, speed: float) -> dict:
-    """A report as the engine's unit benchmark returns it (UnitReport.to_dict())."""
-    from fastkernels.bench.unit import ShapeResult, UnitReport
+def unit_report(op: str, attempt: int, speed: float):
+    """A report as the engine's unit benchmark returns it (a UnitReport)."""
+    from fastkernels.measure.unit import ShapeResult, UnitReport
 
     shapes = [
         ShapeResult(shape="prefill", dtype="bfloat16", passed=True, baseline_eager_ms=0.02, baseline_compile_ms=0.015,
@@ -46,7 +46,7 @@ def unit_report(op: str, attempt: int, speed: float) -> dict:
                     candidate_ms=round(0.02 / speed, 5), speedup_vs_eager=speed / 2,
                     speedup_vs_compile=speed / 2 * 0.9, roofline_fraction=0.12),
     ]
-    return UnitReport(op=op, passed=True, shapes=shapes, device="fake", timing_note="fake timings (tests)").to_dict()
+    return UnitReport(op=op, passed=True, shapes=shapes, device="fake", timing_note="fake timings (tests)")
 
 
 @dataclass
@@ -85,6 +85,12 @@ class FakeAgent:
         path.with_suffix(".json").write_text(json.dumps({"status": st.status.value, "attempt": st.attempt}))
         st.path = path
         self.emit(ev.KernelSaved(op=st.spec.name, path=str(path), status=st.status.value))
+        self.publish(st.spec.name)
+
+    def publish(self, *ops: str) -> None:
+        """As the engine does: each operator's state as an OpChanged event."""
+        for op in ops or list(self.states):
+            self.emit(self.states[op].snapshot())
 
     def _accept(self) -> OpStatus:
         return OpStatus.APPROVED if self.options.auto_approve else OpStatus.PENDING_REVIEW
@@ -107,6 +113,8 @@ class FakeAgent:
                 self._steering_all = note
             else:
                 self.states[op].steering = note
+        if op is not None:
+            self.publish(op)
 
     def generate_op(self, op, steering=None):
         self.calls.append(("generate_op", op, steering))
@@ -143,12 +151,13 @@ class FakeAgent:
             if op in self.fail_first and st.attempt == 1:
                 err = f"ImportError: line 3: no module named 'tritonx' (attempt {st.attempt})"
                 st.status, st.last_error = OpStatus.INVALID, err
+                self.publish(op)
                 self.emit(ev.ValidationFailed(op=op, attempt=st.attempt, error=err, stage="import"))
                 self.emit(ev.RetryScheduled(op=op, attempt=st.attempt + 1, reason=err))
                 continue
             report = unit_report(op, st.attempt, 1.5 + 0.25 * st.attempt)
-            st.unit, st.best_speedup = report, report["best_speedup"]
-            self.emit(ev.UnitResult(op=op, attempt=st.attempt, passed=True, result=report))
+            st.unit, st.best_speedup = report, report.best_speedup
+            self.emit(ev.UnitResult(op=op, attempt=st.attempt, passed=True, report=report))
             st.status, st.last_error = self._accept(), None
             self._save(st)
             return st
@@ -169,7 +178,7 @@ class FakeAgent:
             return st
         report = unit_report(op, st.attempt, 3.0)
         st.unit, st.best_speedup = report, 3.0
-        self.emit(ev.UnitResult(op=op, attempt=st.attempt, passed=True, result=report))
+        self.emit(ev.UnitResult(op=op, attempt=st.attempt, passed=True, report=report))
         st.status = self._accept()
         self._save(st)
         return st
@@ -214,11 +223,14 @@ class FakeAgent:
             self.emit(ev.E2EProgress(stage="decode", done=i + 1, total=steps, detail=f"{len(cands)} kernels"))
             if self.e2e_delay:
                 time.sleep(self.e2e_delay)
-        report = {"candidates": cands, "passed": True, "verdict": "pass", "token_match": 1.0,
-                  "token_match_noise": 1.0, "top1_agreement": 0.998, "top1_agreement_noise": 0.996,
-                  "logit_rel_error": 0.0041, "logit_rel_error_noise": 0.0052,
-                  "timings": {"baseline_eager": {"decode_tok_s": 95.2}, "patched": {"decode_tok_s": 124.7}},
-                  "speedup_decode": 1.31, "speedup_prefill": 1.12, "notes": "fake report (tests)"}
+        from fastkernels.measure.e2e import E2EReport
+
+        report = E2EReport(model_id=self.options.model, level=self.options.level, tiny=True, candidates=cands,
+                           passed=True, verdict="pass", token_match=1.0, token_match_noise=1.0,
+                           top1_agreement=0.998, top1_agreement_noise=0.996, logit_rel_error=0.0041,
+                           logit_rel_error_noise=0.0052,
+                           timings={"baseline_eager": {"decode_tok_s": 95.2}, "patched": {"decode_tok_s": 124.7}},
+                           speedup_decode=1.31, speedup_prefill=1.12, notes=["fake report (tests)"])
         self.emit(ev.E2EResult(passed=True, report=report))
         return report
 

@@ -377,7 +377,7 @@ async def test_help_screen_lists_every_binding(make_app):
 
 
 async def test_history_screen_lists_a_tracked_run(make_app, tmp_path, monkeypatch):
-    from fastkernels.bench.tracking import tracker
+    from fastkernels.track.tracking import tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -1,7 +1,7 @@
 """A network reply that restarts (dropped stream, 529) voids the text already shown."""
 
 from fastkernels import events as ev
-from fastkernels_tui.model import OpView, apply_event
+from fastkernels_tui.views import OpView, apply_event
 
 
 def test_stream_reset_drops_the_discarded_text():

@@ -20,9 +20,8 @@ from fastkernels.agent.llm.base import (
     RetryNotice,
     RetryPolicy,
 )
+from fastkernels.agent.llm.base import DEFAULT_LLM_MODEL
 from fastkernels.errors import UsageError
-
-DEFAULT_LLM_MODEL = "claude-opus-4-6"
 
 __all__ = [
     "AuthError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from fastkernels.agent.llm.base import (
+    DEFAULT_LLM_MODEL,
     Completion,
     LLMError,
     RetryCallback,
@@ -27,7 +28,6 @@ from fastkernels.agent.llm.base import (
 )
 from fastkernels.errors import UsageError
 
-DEFAULT_MODEL = "claude-opus-4-6"
 KEY_ENV = "ANTHROPIC_API_KEY"
 KEY_HINT = f"set a valid {KEY_ENV}, or run offline with --llm-model library"
 # A complete L1-L3 kernel file is 3-15k tokens; 32k leaves room for reasoning before the code.
@@ -39,7 +39,7 @@ class AnthropicBackend:
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str = DEFAULT_LLM_MODEL,
         base_url: str | None = None,
         *,
         api_key: str | None = None,
@@ -53,7 +53,7 @@ class AnthropicBackend:
         if opts:
             raise TypeError(f"unknown options for the anthropic backend: {', '.join(sorted(opts))}")
         if not model:
-            raise UsageError(f"--llm-model anthropic:<model> needs a model name, e.g. {DEFAULT_MODEL}")
+            raise UsageError(f"--llm-model anthropic:<model> needs a model name, e.g. {DEFAULT_LLM_MODEL}")
         key = api_key or os.environ.get(KEY_ENV)
         if not key:
             raise UsageError(f"--llm-model {model} needs {KEY_ENV} set; for offline use pass --llm-model library")

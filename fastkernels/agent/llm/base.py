@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from fastkernels.errors import FastKernelsError
 
+# The model `--llm-model` names when none is given (the CLI, the cockpit, AgentConfig).
+DEFAULT_LLM_MODEL = "claude-opus-4-6"
+
 if TYPE_CHECKING:
     from fastkernels.agent.prompts import Prompt
     from fastkernels.registry.tasks import OperatorSpec

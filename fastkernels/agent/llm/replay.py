@@ -22,7 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from fastkernels.agent.llm.base import Completion, LLMError, RetryCallback, TextCallback, split_prompt
+from fastkernels.agent.llm.base import (
+    Completion,
+    LLMError,
+    RetryCallback,
+    TextCallback,
+    split_prompt,
+)
 from fastkernels.errors import UsageError
 
 _ATTEMPT_FILE = re.compile(r"^(\d+)\.md$")

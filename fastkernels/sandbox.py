@@ -31,7 +31,6 @@ a job's start is one interpreter start plus whatever its function imports (torch
 from __future__ import annotations
 
 import atexit
-import fnmatch
 import glob
 import importlib
 import json
@@ -47,16 +46,15 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fastkernels.rules.secrets import scrubbed_environ
+
 KINDS = ("ok", "exception", "timeout", "crash", "oom", "cuda_error")
-# Environment variables the child never sees: credentials of any service the parent talks to.
-SCRUBBED = ("*_API_KEY", "*API_KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*CREDENTIAL*")
-KEPT = ("TOKENIZERS_PARALLELISM",)  # matches *TOKEN* but is a setting, not a secret
 STDERR_TAIL = 4000
 _RESULT = "result.json"
 _PAYLOAD = "payload.json"
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder that holds the fastkernels package
 
-_CUDA_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "cudaError",
+CUDA_ERROR_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "cudaError",
                  "CUBLAS_STATUS", "CUDNN_STATUS", "unspecified launch failure", "misaligned address")
 _OOM_MARKERS = ("out of memory", "OutOfMemoryError", "MemoryError", "Cannot allocate memory")
 
@@ -93,19 +91,8 @@ def cuda_present() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def scrub_env(env: dict) -> dict:
-    """`env` without credentials: any name matching SCRUBBED (case-insensitive) except KEPT."""
-    out = {}
-    for name, value in env.items():
-        upper = name.upper()
-        if upper not in KEPT and any(fnmatch.fnmatchcase(upper, pat) for pat in SCRUBBED):
-            continue
-        out[name] = value
-    return out
-
-
 def child_env(env: dict | None = None) -> dict:
-    base = scrub_env(dict(os.environ if env is None else env))
+    base = scrubbed_environ(os.environ if env is None else env)
     path = base.get("PYTHONPATH", "")
     base["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
     base.setdefault("PYTHONUNBUFFERED", "1")
@@ -151,8 +138,13 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def is_cuda_error(text: str) -> bool:
+    """Whether an error message says the CUDA context is poisoned (nothing more can run in it)."""
+    return any(m in text for m in CUDA_ERROR_MARKERS)
+
+
 def _classify_text(text: str) -> str | None:
-    if any(m in text for m in _CUDA_MARKERS):
+    if is_cuda_error(text):
         return "cuda_error"
     if any(m in text for m in _OOM_MARKERS):
         return "oom"
@@ -170,7 +162,7 @@ class _Child:
         workdir = self.workdir
         self.io_dir = Path(tempfile.mkdtemp(prefix="fk-io-"))  # the child's reports, out of its reach by name
         self.stderr_path = self.io_dir / "stderr.txt"
-        cmd = [sys.executable, "-c", "from fastkernels.bench.sandbox import _child_main; _child_main()",
+        cmd = [sys.executable, "-c", "from fastkernels.sandbox import _child_main; _child_main()",
                str(self.io_dir), ",".join(preload)]
         with open(self.stderr_path, "wb") as err, open(self.io_dir / "stdout.txt", "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=str(workdir), env=environ, stdin=subprocess.PIPE,
@@ -279,7 +271,7 @@ def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str 
         has no CUDA GPU.
     memory_limit_mb: an address-space limit for the child (CPU jobs only: CUDA reserves far more
         virtual memory than it uses, so leave it None on a GPU).
-    warm: modules the job imports first (e.g. ("torch", "fastkernels.bench.unit")): where `prewarm`
+    warm: modules the job imports first (e.g. ("torch", "fastkernels.measure.unit")): where `prewarm`
         turned warm starts on for this kind of job, run in a child started beforehand with them
         imported, and start the next such child now (module docstring). Ignored with `cwd`.
     """

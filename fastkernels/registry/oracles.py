@@ -8,15 +8,11 @@ baseline computes exactly what the model computes.
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
 
-
-def hf_module(family: str):
-    """transformers.models.<family>.modeling_<family>."""
-    return importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+from fastkernels.models.hf import hf_class, hf_module
 
 
 def hf_attr(family: str, name: str):
@@ -58,17 +54,6 @@ def _silu_and_mul(config, family, baseline, inputs):
     return ACT2FN[config.hidden_act](gate) * up
 
 
-# The class-name prefix of each family in its modeling file (LlamaAttention, Qwen3MoeAttention...).
-HF_PREFIX = {
-    "llama": "Llama",
-    "mistral": "Mistral",
-    "mixtral": "Mixtral",
-    "qwen2": "Qwen2",
-    "qwen3": "Qwen3",
-    "qwen3_moe": "Qwen3Moe",
-}
-
-
 def _hf_name(level: int, op: str, family: str) -> str:
     """The HF class or function a task stands for: the first word of its FAMILIES entry."""
     from fastkernels.registry.tasks import load_task
@@ -106,7 +91,7 @@ def _attention(config, family, baseline, inputs):
     batch, s, total = q.shape[0], q.shape[2], k.shape[2]
     past = total - s
     with torch.device("meta"):  # only its head grouping and scaling are read, not its weights
-        module = hf_attr(family, f"{HF_PREFIX[family]}Attention")(config, layer_idx=0).eval()
+        module = hf_class(family, "Attention")(config, layer_idx=0).eval()
     cache = DynamicCache()
     if past:
         cache.update(k[:, :, :past], v[:, :, :past], 0)
@@ -150,4 +135,4 @@ def _embedding(config, family, baseline, inputs):
     return _with_weights(hf, baseline)(input_ids)
 
 
-from fastkernels.registry import bindings_blocks  # noqa: E402,F401  (registers the L2-L4 references)
+from fastkernels.registry import oracles_blocks  # noqa: E402,F401  (registers the L2-L4 references)

@@ -1,4 +1,4 @@
-"""HF references of the L2-L4 operators (blocks, decoder layers, whole model): see bindings.py.
+"""HF references of the L2-L4 operators (blocks, decoder layers, whole model): see oracles.py.
 
 Each reference builds the real HF module of the family from the config, loads the baseline's
 weights into it by state dict (the names match), and runs it the way the HF model runs it:
@@ -22,18 +22,14 @@ import inspect
 
 import torch
 
-from fastkernels.registry.bindings import _with_weights, hf_attr, reference
+from fastkernels.models.hf import hf_class
+from fastkernels.registry.oracles import _with_weights, hf_attr, reference
 
 
 def _stands_for(level: int, op: str, family: str) -> str:
     from fastkernels.registry.tasks import load_task
 
     return load_task(level, op).FAMILIES[family]
-
-
-def _prefix(family: str) -> str:
-    """The class-name prefix of a family's HF modules: "llama" -> "Llama", "qwen3_moe" -> "Qwen3Moe"."""
-    return _stands_for(2, "attention_block", family)[: -len("Attention")]
 
 
 def eager_config(config):
@@ -126,7 +122,7 @@ def _moe_block(config, family, baseline, inputs):
 
 def _decoder_layer(config, family, baseline, inputs):
     config = eager_config(config)
-    hf = _with_weights(hf_attr(family, f"{_prefix(family)}DecoderLayer")(config, layer_idx=0), baseline).eval()
+    hf = _with_weights(hf_class(family, "DecoderLayer")(config, layer_idx=0), baseline).eval()
     return _run_with_cache(hf, *inputs, config=config)
 
 

@@ -1,16 +1,17 @@
-"""What the cockpit knows about each operator, kept on the UI thread and fed by engine events.
+"""The cockpit's view of each operator (a view model), kept on the UI thread and fed by engine events.
 
-The engine's `Agent.states` is the source of truth for code and status; this view adds what only
-the cockpit needs: the text streamed so far (every attempt, with validation errors inline), token
+Everything here comes from events: the engine's `OpChanged` gives status, code and verdict (a copy
+taken where they changed: the cockpit never reads the engine's live objects); this view adds what
+only the cockpit needs: the text streamed so far (every attempt, with validation errors inline), token
 counts and rates, and the last unit report in a table-friendly form."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastkernels import events as ev
+from fastkernels.measure.unit import UnitReport
 
 # Status names as the agent's OpStatus values; the cockpit adds "validating" (between the end of
 # a generation and its verdict) for a live badge.
@@ -27,12 +28,6 @@ BADGES = {
     "rejected": ("⊘", "rejected"),
     "blamed": ("!", "blamed"),
 }
-
-
-def status_name(status: Any) -> str:
-    """'generating' from an OpStatus enum member or a plain string."""
-    value = getattr(status, "value", status)
-    return str(value) if value is not None else "pending"
 
 
 @dataclass
@@ -52,7 +47,7 @@ class OpView:
     code: str | None = None
     previous_code: str | None = None
     baseline_code: str = ""
-    unit: dict | None = None
+    unit: UnitReport | None = None
     path: str | None = None
     steering: str | None = None
     last_error: str | None = None
@@ -117,15 +112,20 @@ def apply_event(view: OpView, event: ev.Event, now: float) -> str | None:
     if isinstance(event, ev.RetryScheduled):
         return f"↻ retry: attempt {event.attempt} ({event.reason})\n"
     if isinstance(event, ev.UnitResult):
-        view.unit = event.result
+        view.unit = event.report
         view.status = "correct" if event.passed else "failed"
-        speed = best_speedup(event.result)
-        if speed is not None:
-            view.best_speedup = max(view.best_speedup or 0.0, speed) if event.passed else view.best_speedup
+        speed = event.report.best_speedup
+        if speed is not None and event.passed:
+            view.best_speedup = max(view.best_speedup or 0.0, speed)
         if event.passed:
             return f"✓ unit tests passed (attempt {event.attempt})" + (f", best speedup {speed:.2f}×\n" if speed else "\n")
-        err = event.result.get("error") or event.result.get("reason") or "see the unit tab"
+        err = event.report.failure_message().splitlines()[0] if event.report.failure_message() else "see the unit tab"
         return f"✗ unit tests failed (attempt {event.attempt}): {err}\n"
+    if isinstance(event, ev.OpChanged):
+        view.status = event.status
+        for attr in ("attempt", "code", "previous_code", "last_error", "steering", "path", "best_speedup", "unit"):
+            setattr(view, attr, getattr(event, attr))
+        return None
     if isinstance(event, ev.KernelSaved):
         view.status, view.path = event.status, event.path
         return f"· saved {event.path} ({event.status})\n"
@@ -135,46 +135,12 @@ def apply_event(view: OpView, event: ev.Event, now: float) -> str | None:
     return None
 
 
-def sync_from_state(view: OpView, state: Any) -> None:
-    """Copy the agent's authoritative OpState fields (any object with those attributes)."""
-    if state is None:
-        return
-    status = getattr(state, "status", None)
-    if status is not None:
-        view.status = status_name(status)
-    for attr in ("code", "previous_code"):  # the engine's, verbatim (None: there is none)
-        if hasattr(state, attr):
-            setattr(view, attr, getattr(state, attr))
-    for attr in ("attempt", "best_speedup", "steering", "last_error"):
-        val = getattr(state, attr, None)
-        if val is not None:
-            setattr(view, attr, val)
-    if getattr(state, "unit", None):
-        view.unit = state.unit
-    if getattr(state, "path", None):
-        view.path = str(state.path)
-    spec = getattr(state, "spec", None)
-    if spec is not None:
-        view.class_name = view.class_name or getattr(spec, "class_name", "")
-        view.baseline_code = view.baseline_code or getattr(spec, "source_code", "")
-
-
 # ---- unit reports -----------------------------------------------------------------------------
-
-_ALIASES = {
-    "baseline": ("baseline_ms", "eager_ms", "baseline_eager_ms", "baseline"),
-    "compile": ("compile_ms", "baseline_compile_ms", "compiled_ms", "compile"),
-    "candidate": ("candidate_ms", "kernel_ms", "candidate"),
-    "speedup": ("speedup", "speedup_eager", "speedup_vs_eager"),
-    "speedup_compile": ("speedup_compile", "speedup_vs_compile"),
-    "roofline": ("roofline_pct", "roofline", "roofline_fraction", "pct_of_roofline", "fraction_of_peak"),
-    "passed": ("passed", "ok", "correct"),
-    "dtype": ("dtype",),
-}
-
 
 @dataclass
 class UnitRow:
+    """One shape of a UnitReport as the unit table shows it (times in ms, roofline in percent)."""
+
     shape: str
     dtype: str = ""
     passed: bool | None = None
@@ -186,60 +152,12 @@ class UnitRow:
     roofline: float | None = None  # percent
 
 
-def _pick(d: dict, key: str):
-    for alias in _ALIASES[key]:
-        if alias in d and d[alias] is not None:
-            return d[alias]
-    return None
-
-
-def _num(x) -> float | None:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
-
-
-def unit_rows(report: dict | None) -> list[UnitRow]:
-    """Per-shape rows from a unit report dict (UnitReport.to_dict()): `shapes` or `results` as a
-    list of dicts or a name -> dict mapping; times in ms; roofline as a fraction or a percent."""
-    if not report:
+def unit_rows(report: UnitReport | None) -> list[UnitRow]:
+    """Per-shape rows of a unit report (fastkernels.measure.unit.UnitReport)."""
+    if report is None:
         return []
-    items = report.get("shapes", report.get("results", []))
-    if isinstance(items, dict):
-        items = [{"shape": k, **v} for k, v in items.items() if isinstance(v, dict)]
-    rows = []
-    for r in items or []:
-        if not isinstance(r, dict):
-            continue
-        timing = r.get("timing") if isinstance(r.get("timing"), dict) else {}
-        merged = {**timing, **r}
-        roof = _num(_pick(merged, "roofline"))
-        if roof is not None and roof <= 1.5:  # a fraction of the ceiling
-            roof *= 100.0
-        base, cand = _num(_pick(merged, "baseline")), _num(_pick(merged, "candidate"))
-        comp = _num(_pick(merged, "compile"))
-        speed = _num(_pick(merged, "speedup"))
-        if speed is None and base and cand:
-            speed = base / cand
-        speed_c = _num(_pick(merged, "speedup_compile"))
-        if speed_c is None and comp and cand:
-            speed_c = comp / cand
-        passed = _pick(merged, "passed")
-        rows.append(UnitRow(
-            shape=str(merged.get("shape") or merged.get("name") or "?"),
-            dtype=str(_pick(merged, "dtype") or ""),
-            passed=bool(passed) if passed is not None else None,
-            baseline=base, compile=comp, candidate=cand, speedup=speed, speedup_compile=speed_c, roofline=roof,
-        ))
-    return rows
-
-
-def best_speedup(report: dict | None) -> float | None:
-    if not report:
-        return None
-    top = _num(report.get("best_speedup"))
-    if top is not None:
-        return top
-    speeds = [r.speedup for r in unit_rows(report) if r.speedup is not None and r.passed is not False]
-    return max(speeds) if speeds else None
+    return [UnitRow(shape=s.shape, dtype=s.dtype, passed=s.passed, baseline=s.baseline_eager_ms,
+                    compile=s.baseline_compile_ms, candidate=s.candidate_ms, speedup=s.speedup_vs_eager,
+                    speedup_compile=s.speedup_vs_compile,
+                    roofline=100.0 * s.roofline_fraction if s.roofline_fraction is not None else None)
+            for s in report.shapes]

@@ -12,8 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fastkernels.bench.tracking import EXPERIMENT, resolve_tracking_uri, sqlite_path
 from fastkernels.errors import UsageError
+from fastkernels.track.tracking import EXPERIMENT, resolve_tracking_uri, sqlite_path
 
 #: Kernel statuses that count as passing (proven correct; "valid" only means it imported).
 PASSING = frozenset({"correct", "approved", "passed"})
@@ -253,7 +253,7 @@ def mlflow_ui_command(port: int, uri: str | None = None) -> list[str]:
     """`mlflow server` on 127.0.0.1:`port` against the tracking store (one worker: a local UI)."""
     import sys
 
-    from fastkernels.bench.tracking import artifact_root
+    from fastkernels.track.tracking import artifact_root
 
     uri = resolve_tracking_uri(uri)
     if uri.startswith(("http://", "https://", "databricks")):
@@ -274,7 +274,7 @@ def start_mlflow_ui(port: int, uri: str | None = None):
     import socket
     import subprocess
 
-    from fastkernels.bench.tracking import scrubbed_environ
+    from fastkernels.rules.secrets import scrubbed_environ
 
     if not 0 < port < 65536:
         raise UsageError(f"--port {port} is not a port number (1-65535)")

@@ -5,7 +5,7 @@ The sandbox starts one child as for any end-to-end job (`tp_e2e_job`, `tp_probe_
 spawns the N ranks with torch.multiprocessing (spawn, never fork) and a TCP rendezvous on
 127.0.0.1, so the user types one command and a timeout still kills the whole process group. Every
 rank loads its shard of the model (fastkernels.models.sharding), patches the same candidates and
-runs the single-process measurement (`fastkernels.bench.e2e._e2e_job`) on it: all ranks compute the
+runs the single-process measurement (`fastkernels.measure.e2e_child._e2e_job`) on it: all ranks compute the
 same replicated logits, each shadow-checks its own shards. Rank 0 gathers the ranks' results and
 merges them: one E2EReport whose shadow check covers every rank's call sites and whose `tp_ranks`
 says what each rank saw (device, token match, the NVLink-multicast settings of its environment).
@@ -170,11 +170,11 @@ def _backend(payload: dict) -> str | None:
 
 def tp_e2e_job(payload: dict) -> dict:
     """Sandbox side of run_benchmarks(..., tp=N): `_e2e_job` on N ranks, merged on rank 0."""
-    return merge_e2e(launch("fastkernels.bench.e2e:_e2e_job", payload, int(payload["tp"]), backend=_backend(payload)))
+    return merge_e2e(launch("fastkernels.measure.e2e_child:_e2e_job", payload, int(payload["tp"]), backend=_backend(payload)))
 
 
 def tp_probe_job(payload: dict) -> dict:
     """Sandbox side of a bisection probe under --tp: NaN if any rank saw one."""
-    gathered = launch("fastkernels.bench.e2e:_probe_job", payload, int(payload["tp"]), backend=_backend(payload))
+    gathered = launch("fastkernels.measure.e2e_child:_probe_job", payload, int(payload["tp"]), backend=_backend(payload))
     nan = [f"rank {g['info']['rank']}: {g['value']['nan']}" for g in gathered if g["value"].get("nan")]
     return {"nan": nan[0] if nan else None}

@@ -13,7 +13,7 @@ import re
 from dataclasses import asdict, dataclass
 
 STAGES = ("syntax", "static", "import", "class", "init")
-CUDA_BUILD_TIMEOUT = 600.0  # seconds for a validation that compiles CUDA (fastkernels.bench.cuda_build)
+CUDA_BUILD_TIMEOUT = 600.0  # seconds for a validation that compiles CUDA (fastkernels.gpu.cuda_build)
 STAGE_MARK = "[fastkernels-validate] stage="
 
 # Calls a --cuda-only forward may make on the torch namespace: allocation and metadata, no math.
@@ -220,7 +220,7 @@ def _validate_in_child(payload: dict) -> dict:
     path = Path(os.getcwd()) / payload["filename"]
     path.write_text(payload["code"])
     mark("import")
-    from fastkernels.bench.cuda_build import cached_builds, describe_build_error
+    from fastkernels.gpu.cuda_build import cached_builds, describe_build_error
     from fastkernels.registry.tasks import load_module
 
     try:
@@ -262,7 +262,7 @@ def validate_kernel(code: str, expected_class_name: str, *, spec=None, cuda_only
     """Check a candidate kernel file: static checks here, then import + class + `__init__` (with the
     init args of `spec`, an OperatorSpec, when given) in a sandboxed child. Never raises for
     anything the code does."""
-    from fastkernels.bench.sandbox import run_job
+    from fastkernels.sandbox import run_job
 
     bad = static_check(code, expected_class_name, cuda_only=cuda_only)
     if bad is not None:
@@ -272,7 +272,7 @@ def validate_kernel(code: str, expected_class_name: str, *, spec=None, cuda_only
         # build needs far longer than an import. Later imports load it from the cache in milliseconds.
         timeout = max(timeout, CUDA_BUILD_TIMEOUT)
     payload, label = child_payload(code, expected_class_name, spec)
-    job = run_job("fastkernels.agent.validate:_validate_in_child", payload, timeout=timeout, label=label)
+    job = run_job("fastkernels.judge.validate:_validate_in_child", payload, timeout=timeout, label=label)
     if job.ok:
         return result_of(job.value or {}, label, job.seconds)
     return result_from_failed_job(job, payload, label)

@@ -34,7 +34,7 @@ def measure_ceilings() -> dict:
     """Measure copy bandwidth and bf16 matmul throughput of the current CUDA device."""
     import torch
 
-    from fastkernels.bench.timing import bench_gpu
+    from fastkernels.measure.timing import bench_gpu
 
     n = COPY_BYTES // 2
     src = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()

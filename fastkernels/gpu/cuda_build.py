@@ -75,7 +75,7 @@ def find_nvcc() -> str | None:
 
 
 def _gpu_present() -> bool:
-    from fastkernels.bench.sandbox import cuda_present
+    from fastkernels.sandbox import cuda_present
 
     return cuda_present()
 
