@@ -1,6 +1,6 @@
 """Run one job of untrusted code in a child process, so that whatever it does costs that job only.
 
-`run_job("package.module:function", payload, timeout=..., label=...)` starts a fresh interpreter
+`run_job(function, payload, timeout=..., label=...)` starts a fresh interpreter
 (the same Python, never a fork: a forked child would share the parent's CUDA context and threads),
 in its own session (so a timeout kills the whole process group, grandchildren included), in its own
 temporary working directory, with API keys and tokens removed from its environment. The child calls
@@ -45,6 +45,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from fastkernels.rules.secrets import scrubbed_environ
 
@@ -259,11 +260,24 @@ def _take_child(environ: dict, cwd: str | None, warm: tuple[str, ...]) -> _Child
     return child
 
 
-def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str | None = None,
+def job_name(fn: Callable | str) -> str:
+    """"package.module:function" of a module-level function (what the child imports by name)."""
+    if isinstance(fn, str):
+        name = fn
+    else:
+        name = f"{fn.__module__}:{fn.__qualname__}"
+        if "<" in name or "." in fn.__qualname__:
+            raise ValueError(f"a job must be a module-level function, not {name}")
+    if ":" not in name:
+        raise ValueError(f"target must be 'package.module:function', got {name!r}")
+    return name
+
+
+def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str, cwd: str | None = None,
             env: dict | None = None, interpret: bool | None = None,
             memory_limit_mb: int | None = None, warm: tuple[str, ...] = ()) -> JobResult:
-    """Run `target` ("package.module:function") on `payload` in a spawned child; never raises for
-    anything the child does.
+    """Run `target` (a module-level function, or its "package.module:function" name) on `payload`
+    in a spawned child; never raises for anything the child does.
 
     cwd: the child's working directory (default: a fresh temporary one, removed afterwards).
     env: the environment to start from (default os.environ); credentials are removed either way.
@@ -275,8 +289,7 @@ def run_job(target: str, payload: dict, *, timeout: float, label: str, cwd: str 
         turned warm starts on for this kind of job, run in a child started beforehand with them
         imported, and start the next such child now (module docstring). Ignored with `cwd`.
     """
-    if ":" not in target:
-        raise ValueError(f"target must be 'package.module:function', got {target!r}")
+    target = job_name(target)
     environ = _environ_for(env, interpret, memory_limit_mb)
     child = _take_child(environ, cwd, tuple(warm))
     proc, io_dir, stderr_path = child.proc, child.io_dir, child.stderr_path

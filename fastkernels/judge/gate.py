@@ -11,7 +11,7 @@ import json
 import re
 import time
 
-from fastkernels.measure.unit import GATE_PRELOAD, UnitReport, measure_candidate
+from fastkernels.measure.unit import GATE_PRELOAD, UnitReport, _unit_job, _unit_many_job, measure_candidate
 from fastkernels.sandbox import cuda_present, run_job
 
 
@@ -74,7 +74,7 @@ def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
         "compile_baseline": bool(compile_baseline), "label": label, "require_kernel": bool(require_kernel),
         "compile_cache": bool(compile_cache),
     }
-    job = run_job("fastkernels.measure.unit:_unit_job", payload, timeout=timeout, label=label, env=env,
+    job = run_job(_unit_job, payload, timeout=timeout, label=label, env=env,
                   warm=GATE_PRELOAD)
     if job.ok:
         report = UnitReport.from_dict(job.value)
@@ -129,7 +129,7 @@ def run_unit_many(spec, codes: dict[str, str], *, seeds: int = 3, timing: bool =
                    "timing": bool(timing), "cuda_only": bool(cuda_only), "compile_baseline": bool(compile_baseline),
                    "require_kernel": bool(require_kernel), "compile_cache": bool(compile_cache),
                    "items": [item for _, item in items]}
-        job = run_job("fastkernels.measure.unit:_unit_many_job", payload, timeout=timeout * len(items),
+        job = run_job(_unit_many_job, payload, timeout=timeout * len(items),
                       label=f"{spec.key}: {len(items)} candidates")
         if not job.ok:  # one of them killed the child: each of the rest alone
             for name, _ in items:
@@ -180,7 +180,7 @@ def run_gate(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
         }
         if v.builds_cuda(code, cuda_only):
             timeout = max(timeout, v.CUDA_BUILD_TIMEOUT)
-        job = run_job("fastkernels.judge.gate:_gate_job", payload, timeout=timeout, label=label,
+        job = run_job(_gate_job, payload, timeout=timeout, label=label,
                       env=GpuPool.job_env(gpu), warm=GATE_PRELOAD)
         validated = json.loads(flag.read_text()) if flag.is_file() else None
     if validated is None:  # it died before validation finished: validate_kernel's own verdict on that

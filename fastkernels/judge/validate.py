@@ -272,7 +272,7 @@ def validate_kernel(code: str, expected_class_name: str, *, spec=None, cuda_only
         # build needs far longer than an import. Later imports load it from the cache in milliseconds.
         timeout = max(timeout, CUDA_BUILD_TIMEOUT)
     payload, label = child_payload(code, expected_class_name, spec)
-    job = run_job("fastkernels.judge.validate:_validate_in_child", payload, timeout=timeout, label=label)
+    job = run_job(_validate_in_child, payload, timeout=timeout, label=label)
     if job.ok:
         return result_of(job.value or {}, label, job.seconds)
     return result_from_failed_job(job, payload, label)

@@ -267,16 +267,16 @@ def _read_partial(path) -> dict[str, dict]:
     return out
 
 
-def _job(target: str, payload: dict, timeout: float, label: str, sink: Callable):
+def _job(kind: str, payload: dict, timeout: float, label: str, sink: Callable):
+    """Run the child's "e2e" or "probe" job (fastkernels.measure.e2e_child), on N ranks under --tp."""
+    from fastkernels.measure import e2e_child, tp
     from fastkernels.sandbox import run_job
 
     env = None
+    target = {"e2e": e2e_child._e2e_job, "probe": e2e_child._probe_job}[kind]
     if payload.get("tp", 1) > 1:  # the same measurement on N ranks (fastkernels.measure.tp)
-        from fastkernels.measure.tp import tp_environment
-
-        target = {"fastkernels.measure.e2e_child:_e2e_job": "fastkernels.measure.tp:tp_e2e_job",
-                  "fastkernels.measure.e2e_child:_probe_job": "fastkernels.measure.tp:tp_probe_job"}[target]
-        env = tp_environment()
+        target = {"e2e": tp.tp_e2e_job, "probe": tp.tp_probe_job}[kind]
+        env = tp.tp_environment()
     with tempfile.TemporaryDirectory(prefix="fk-e2e-") as tmp:
         progress = Path(tmp) / "progress.jsonl"
         progress.touch()
@@ -295,7 +295,7 @@ def _blame(payload: dict, keys: list[str], timeout: float, sink: Callable, reaso
         probes[0] += 1
         sink(ev.E2EProgress(stage="blame", done=probes[0], total=2 * len(keys),
                             detail=f"trying {', '.join(subset) or 'the baseline alone'}"))
-        job = _job("fastkernels.measure.e2e_child:_probe_job", {**payload, "only": subset}, timeout,
+        job = _job("probe", {**payload, "only": subset}, timeout,
                    f"blame probe ({', '.join(subset) or 'baseline'})", sink)
         if not job.ok:
             return job.error
@@ -371,7 +371,7 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
                     "timing_budget_s": timing_budget_s}
     timeout = timeout or (600.0 if tiny else 1800.0)
     start = time.monotonic()
-    job = _job("fastkernels.measure.e2e_child:_e2e_job",
+    job = _job("e2e",
                {**base_payload, "sets": sets, "partial_file": str(partial_file) if partial_file else None}, timeout,
                f"end-to-end run of {entry.display_name}", sink)
     results: dict[str, dict] = {}
@@ -382,7 +382,7 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
         results = {name: partial.get(name) or {"error": job.error} for name in sets}
     elif len(sets) > 1:  # which set broke it: run each on its own
         for set_name, codes in sets.items():
-            one = _job("fastkernels.measure.e2e_child:_e2e_job", {**base_payload, "sets": {set_name: codes}}, timeout,
+            one = _job("e2e", {**base_payload, "sets": {set_name: codes}}, timeout,
                        f"end-to-end run of {entry.display_name} ({set_name})", sink)
             results[set_name] = one.value["sets"][set_name] if one.ok else {"error": one.error}
     else:
@@ -406,7 +406,7 @@ def run_benchmarks(model: str, level, candidate_sets: Mapping[str, object], *, t
             probe_timeout = min(timeout, 300.0 if tiny else 900.0)  # each probe reloads the model
             if failing and job_failed:
                 sink(ev.E2EProgress(stage="blame", done=0, total=1, detail="does the baseline alone run?"))
-                control = _job("fastkernels.measure.e2e_child:_probe_job", {**probe_payload, "only": []}, probe_timeout,
+                control = _job("probe", {**probe_payload, "only": []}, probe_timeout,
                                "baseline control run", sink)
                 if not control.ok or control.value.get("nan"):
                     report.notes.append("not blaming any kernel: the model fails without them too "

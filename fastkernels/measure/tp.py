@@ -79,11 +79,16 @@ def _worker(rank: int, world: int, target: str, payload: dict, port: int, backen
         dist.destroy_process_group()
 
 
-def launch(target: str, payload: dict, world: int, *, backend: str | None = None) -> list[dict]:
-    """Run `target` ("package.module:function", taking a payload) on `world` ranks; returns every
-    rank's {"info", "value"} as gathered on rank 0. Raises what a rank raised."""
+def launch(target, payload: dict, world: int, *, backend: str | None = None) -> list[dict]:
+    """Run `target` (a module-level function taking a payload, or its "package.module:function"
+    name) on `world` ranks; returns every rank's {"info", "value"} as gathered on rank 0. Raises what
+    a rank raised."""
     import torch
     import torch.multiprocessing as mp
+
+    from fastkernels.sandbox import job_name
+
+    target = job_name(target)
 
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -170,11 +175,15 @@ def _backend(payload: dict) -> str | None:
 
 def tp_e2e_job(payload: dict) -> dict:
     """Sandbox side of run_benchmarks(..., tp=N): `_e2e_job` on N ranks, merged on rank 0."""
-    return merge_e2e(launch("fastkernels.measure.e2e_child:_e2e_job", payload, int(payload["tp"]), backend=_backend(payload)))
+    from fastkernels.measure.e2e_child import _e2e_job
+
+    return merge_e2e(launch(_e2e_job, payload, int(payload["tp"]), backend=_backend(payload)))
 
 
 def tp_probe_job(payload: dict) -> dict:
     """Sandbox side of a bisection probe under --tp: NaN if any rank saw one."""
-    gathered = launch("fastkernels.measure.e2e_child:_probe_job", payload, int(payload["tp"]), backend=_backend(payload))
+    from fastkernels.measure.e2e_child import _probe_job
+
+    gathered = launch(_probe_job, payload, int(payload["tp"]), backend=_backend(payload))
     nan = [f"rank {g['info']['rank']}: {g['value']['nan']}" for g in gathered if g["value"].get("nan")]
     return {"nan": nan[0] if nan else None}

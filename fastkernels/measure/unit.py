@@ -707,7 +707,7 @@ def precompile_baselines(spec, *, timeout: float = 600.0, gpu: str | None = None
     from fastkernels.gpu.devices import GpuPool
 
     payload = {"spec": spec.to_dict(), "level": spec.level, "name": spec.name}
-    return run_job("fastkernels.measure.unit:_precompile_job", payload, timeout=timeout,
+    return run_job(_precompile_job, payload, timeout=timeout,
                    label=f"{spec.key}: compile the baseline", env=GpuPool.job_env(gpu))
 
 

@@ -98,6 +98,22 @@ def test_unserialisable_result_is_an_exception():
     assert r.kind == "exception" and "not JSON-serialisable" in r.error
 
 
+def test_a_job_is_a_module_level_function():
+    from fastkernels import sandbox
+
+    assert sandbox.job_name(sandbox.probe) == "fastkernels.sandbox:probe"
+    assert sandbox.job_name("tests.engine.cheats.faults:echo") == "tests.engine.cheats.faults:echo"
+    for bad in (lambda p: p, test_a_job_is_a_module_level_function.__code__, "no_colon"):
+        with pytest.raises((ValueError, AttributeError)):
+            sandbox.job_name(bad)
+
+    def nested(payload):
+        return payload
+
+    with pytest.raises(ValueError, match="module-level"):
+        sandbox.job_name(nested)
+
+
 def test_child_start_is_cheap():
     # A job that imports nothing heavy pays one interpreter start: 0.07 s measured on this 2-core
     # box; importing torch alone takes 1.5-3 s here, so 1.5 s means nothing heavy loads eagerly.
@@ -124,7 +140,7 @@ def test_warm_child_is_started_ahead_with_its_imports_and_runs_one_job_only(monk
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     monkeypatch.setenv("FK_WARM_TEST", "1")  # a kind of job of its own: no other test's child is reused
-    probe = "fastkernels.sandbox:probe"
+    probe = sandbox.probe  # a job is named by its function object
     try:
         # Without prewarm, `warm` starts nothing ahead (a one-off job must not pay for a spare child).
         run_job(probe, {}, timeout=120, label="one-off", warm=("torch",))
