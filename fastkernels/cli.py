@@ -379,7 +379,9 @@ def _cmd_check(args) -> int:
     table = Table(title=f"unit test · {report.device}")
     cols = ["shape", "dtype", "verdict", "max err/rms"]
     if timed:
-        cols += ["eager ms", "compile ms", "kernel ms", "speedup", "vs compile", "roofline"]
+        # device time (launch hidden), then wall time per back-to-back call (launch included)
+        cols += ["eager ms", "compile ms", "kernel ms", "speedup", "vs compile", "roofline",
+                 "wall us kernel/compile", "wall vs compile"]
     for col in cols:
         table.add_column(col)
 
@@ -391,8 +393,11 @@ def _cmd_check(args) -> int:
                num(s.max_rel_err, ".1e")]
         if timed:
             roof = f"{100 * s.roofline_fraction:.0f}%" if s.roofline_fraction is not None else "-"
+            wall = (f"{1e3 * s.candidate_wall_ms:.1f}/{num(s.baseline_compile_wall_ms and 1e3 * s.baseline_compile_wall_ms, '.1f')}"
+                    if s.candidate_wall_ms is not None else "-")
             row += [num(s.baseline_eager_ms, ".4f"), num(s.baseline_compile_ms, ".4f"), num(s.candidate_ms, ".4f"),
-                    num(s.speedup_vs_eager, ".2f"), num(s.speedup_vs_compile, ".2f"), roof]
+                    num(s.speedup_vs_eager, ".2f"), num(s.speedup_vs_compile, ".2f"), roof, wall,
+                    num(s.speedup_wall_vs_compile, ".2f")]
         table.add_row(*row)
     if report.shapes:
         console.print(table)

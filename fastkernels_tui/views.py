@@ -150,6 +150,7 @@ class UnitRow:
     speedup: float | None = None
     speedup_compile: float | None = None
     roofline: float | None = None  # percent
+    speedup_wall_compile: float | None = None  # per call with launch cost, over the compiled baseline
 
 
 def unit_rows(report: UnitReport | None) -> list[UnitRow]:
@@ -159,5 +160,6 @@ def unit_rows(report: UnitReport | None) -> list[UnitRow]:
     return [UnitRow(shape=s.shape, dtype=s.dtype, passed=s.passed, baseline=s.baseline_eager_ms,
                     compile=s.baseline_compile_ms, candidate=s.candidate_ms, speedup=s.speedup_vs_eager,
                     speedup_compile=s.speedup_vs_compile,
-                    roofline=100.0 * s.roofline_fraction if s.roofline_fraction is not None else None)
+                    roofline=100.0 * s.roofline_fraction if s.roofline_fraction is not None else None,
+                    speedup_wall_compile=s.speedup_wall_vs_compile)
             for s in report.shapes]

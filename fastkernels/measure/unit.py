@@ -93,6 +93,7 @@ class ShapeResult:
     baseline_eager_wall_ms: float | None = None
     baseline_compile_wall_ms: float | None = None
     speedup_wall_vs_eager: float | None = None
+    speedup_wall_vs_compile: float | None = None  # what a caller pays per call, launch included
     # The host takes longer to issue a call than the GPU to run it (wall > 1.5 x device): in an
     # eager caller the launch cost decides, and speedup_vs_eager (device time) is not what it sees.
     launch_bound: bool = False
@@ -681,6 +682,8 @@ def _time_shape(spec, cls, shape, dtype, device, payload, result, cost, ceilings
         result.speedup_vs_compile = result.baseline_compile_ms / result.candidate_ms
     if result.candidate_wall_ms:
         result.speedup_wall_vs_eager = result.baseline_eager_wall_ms / result.candidate_wall_ms
+        if result.baseline_compile_wall_ms:
+            result.speedup_wall_vs_compile = result.baseline_compile_wall_ms / result.candidate_wall_ms
     if result.launch_bound:
         result.reason += (f"; launch-bound: issuing a call from Python takes longer than the GPU runs it "
                           f"(wall {1e3 * result.baseline_eager_wall_ms:.1f} us eager, "

@@ -47,7 +47,8 @@ def speedup_bars(rows, width: int = 30) -> Table:
 
 class UnitPanel(Vertical):
     # compact headers: the centre pane is ~75 columns at 150 wide; every column must fit
-    COLUMNS = ("shape", "ok", "eager ms", "compile ms", "kernel ms", "×eager", "×comp", "%roof")
+    # ×eager, ×comp: device time; wall×c: per call with launch cost, over the compiled baseline
+    COLUMNS = ("shape", "ok", "eager", "compile", "kernel", "×eager", "×comp", "%roof", "wall×c")
 
     def compose(self) -> ComposeResult:
         yield Static("no unit results yet", id="unit-header")
@@ -68,12 +69,12 @@ class UnitPanel(Vertical):
             bars.update("")
             return
         note = view.unit.error or view.unit.timing_note
-        header.update(Text.assemble((view.name, "bold"), f" · unit results · attempt {view.attempt}" + (f" · {note}" if note else "")))
+        header.update(Text.assemble((view.name, "bold"), f" · unit results (ms per call) · attempt {view.attempt}" + (f" · {note}" if note else "")))
         for r in rows:
             ok = "✓" if r.passed else ("✗" if r.passed is False else "?")
             table.add_row(f"{r.shape} {_short(r.dtype)}".strip(), ok, _fmt(r.baseline, ".4f"), _fmt(r.compile, ".4f"),
                           _fmt(r.candidate, ".4f"), _fmt(r.speedup, ".2f"), _fmt(r.speedup_compile, ".2f"),
-                          _fmt(r.roofline, ".0f"))
+                          _fmt(r.roofline, ".0f"), _fmt(r.speedup_wall_compile, ".2f"))
         bars.update(speedup_bars(rows))
 
 

@@ -242,6 +242,8 @@ async def test_benchmark_runs_on_approved_kernels_and_shows_the_report(make_app)
         assert unit.row_count == 2
         assert [str(unit.get_row_at(i)[0]) for i in range(2)] == ["prefill bf16", "decode bf16"]
         assert str(unit.get_row_at(0)[5]) == "1.75" and str(unit.get_row_at(0)[7]) == "41"
+        # per call with launch cost, over the compiled baseline: a decode-size call can lose there
+        assert [str(unit.get_row_at(i)[8]) for i in range(2)] == ["1.40", "0.62"]
 
 
 async def test_theme_switches_live_and_is_remembered(make_app):
