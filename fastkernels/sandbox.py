@@ -51,6 +51,7 @@ from fastkernels.rules.secrets import scrubbed_environ
 
 KINDS = ("ok", "exception", "timeout", "crash", "oom", "cuda_error")
 STDERR_TAIL = 4000
+WATCHDOG_PERIOD_S = 0.2  # how often a job checks that the process that started it is still there
 _RESULT = "result.json"
 _PAYLOAD = "payload.json"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the folder that holds the fastkernels package
@@ -382,7 +383,45 @@ def _preload(modules: list[str]) -> None:
             pass
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of `pid` (Linux /proc), None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _die_with_parent() -> None:
+    """Fork a watchdog that kills this job's whole process group (the job, everything it started,
+    and the watchdog) once the process that started the job is gone, whatever ended it (SIGKILL
+    included): a job never outlives fastkernels. Forked first thing, while only the standard library
+    is loaded, so forking is safe; a separate process, so a job holding the GIL cannot stall it."""
+    if not hasattr(os, "fork"):
+        return
+    parent, job = os.getppid(), os.getpid()
+    if os.fork():
+        return  # the job goes on
+    try:
+        while True:
+            time.sleep(WATCHDOG_PERIOD_S)
+            if os.getppid() != job:  # the job itself is over: nothing left to guard
+                os._exit(0)
+            now = _parent_of(job)
+            if now is None:  # no /proc: is the parent still there?
+                try:
+                    os.kill(parent, 0)
+                    continue
+                except ProcessLookupError:
+                    now = -1
+            if now != parent:
+                os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
 def _child_main() -> None:
+    _die_with_parent()
     io_dir, preload = Path(sys.argv[1]), [m for m in sys.argv[2].split(",") if m]
     limit = os.environ.pop("FASTKERNELS_JOB_MEMORY_MB", None)
     if limit:

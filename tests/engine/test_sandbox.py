@@ -175,6 +175,41 @@ def test_warm_child_is_started_ahead_with_its_imports_and_runs_one_job_only(monk
     assert not sandbox._warm
 
 
+def test_a_running_job_and_its_descendants_die_with_the_process_that_started_it(tmp_path):
+    """SIGKILL of the process that ran the job (no atexit, no handler) still ends the job and the
+    process it started, within seconds: no orphan holds a CPU or a GPU."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    pidfile = tmp_path / "grandchild"
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import threading, time\n"
+        "from fastkernels.sandbox import run_job\n"
+        f"threading.Thread(target=run_job, args=('{FAULTS}:hang_with_grandchild', {{'pidfile': {str(pidfile)!r}}}),\n"
+        "                 kwargs={'timeout': 600, 'label': 'hang'}, daemon=True).start()\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline and parent.poll() is None, "the job never started"
+            time.sleep(0.1)
+        grandchild = int(pidfile.read_text())
+        family = [p for p in psutil.Process(parent.pid).children(recursive=True)]
+        assert grandchild in {p.pid for p in family}
+    finally:
+        parent.kill()
+        parent.wait()
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    for p in alive:  # leave no orphan behind on a failure either
+        p.kill()
+    assert not alive, f"outlived the parent: {[(p.pid, p.cmdline()[:3]) for p in alive]}"
+
+
 def test_waiting_child_ends_with_its_parent(tmp_path):
     """A child waiting for a job that never comes exits when the process that started it dies."""
     import subprocess
