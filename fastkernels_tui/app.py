@@ -297,7 +297,7 @@ class FastKernelsApp(App):
             return
         fn = getattr(self.agent, what)
         self._engine_job(lambda: fn(op), name=f"{what} {op}", group="review",
-                         then=lambda _: self.main.add_log(f"{op}: {what}d"))
+                         then=lambda _: self.main.add_log(f"{op}: {what}{'d' if what.endswith('e') else 'ed'}"))
 
     def action_steer(self) -> None:
         self.main.query_one("#steer-input").focus()

@@ -164,6 +164,7 @@ async def test_approve_and_reject_reach_the_engine_and_the_tree(make_app, tmp_pa
         assert "approved" in str(app.main.tree._op_nodes["add_rms_norm"].label)
         side = tmp_path / "candidate" / "L1" / "attention.json"
         assert json.loads(side.read_text())["status"] == "rejected"
+        assert {"add_rms_norm: approved", "attention: rejected"} <= set(app.main.log_lines)
 
 
 async def test_user_keymap_rebinds_by_binding_id(make_app):
