@@ -130,6 +130,9 @@ def _cmd_agent(args) -> int:
             console.print(part)
     console.print(e2e_line(e2e))
     console.print(f"saved: {agent.summary_path()}")
+    if summary.get("interrupted"):
+        err_console.print("interrupted: the summary holds what was done; --resume continues")
+        return 130
     return 0 if summary["passing"] == summary["total"] and (e2e is None or e2e.passed) else 1
 
 
@@ -449,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     # Piped into a log, rich would squeeze tables into 80 columns; COLUMNS still wins when set.
     console.width = 160 if not console.is_terminal and "COLUMNS" not in os.environ else None
     args = build_parser().parse_args(argv)
+    # SIGTERM (a scheduler, `timeout`, `kill`) stops a command the way Ctrl-C does: the agent writes
+    # its summary and marks the run interrupted; sandboxed jobs die with this process either way.
+    import signal
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         _apply_tracking_args(args)
         return int(args._run(args) or 0)
@@ -458,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

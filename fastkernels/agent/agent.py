@@ -537,7 +537,7 @@ class Agent:
             except KeyboardInterrupt:
                 interrupted = True
                 self.cancel()
-            summary = self.summary()
+            summary = {**self.summary(), "interrupted": interrupted}
             _atomic_write(self.summary_path(), json.dumps(summary, indent=2, default=str))
             tracker.log_metrics({"kernels_passing": summary["passing"], "kernels_total": summary["total"]})
             tracker.set_status("interrupted" if interrupted else "finished")

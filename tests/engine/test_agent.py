@@ -356,3 +356,35 @@ def test_summary_shows_speedups_against_eager_and_torch_compile_over_the_shapes(
     assert "vs torch.compile" in text
     lo, hi = rows["rms_norm"]["vs_compile"]
     assert f"{lo:.2f}-{hi:.2f}x" in text
+
+
+def test_sigterm_stops_the_agent_like_ctrl_c_and_leaves_no_process(tmp_path):
+    """`kill` (SIGTERM) of `fastkernels agent` mid-run: exit 130 with the summary written, and no
+    sandboxed job survives it."""
+    import psutil
+
+    out = tmp_path / "out"
+    env = {**os.environ, "FASTKERNELS_TRACKING": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "fastkernels.cli", "agent", "--model", MODEL, "--level", "1",
+                             "--tiny", "--llm-model", "library", "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    family = []
+    try:
+        deadline = time.monotonic() + 240
+        while not family or not list(out.glob("L1/*.py")):  # a gate child running and a kernel saved
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the agent saved no kernel in 240 s"
+            family = psutil.Process(proc.pid).children(recursive=True) or family
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    for p in alive:
+        p.kill()
+    assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
+    assert json.loads((out / "L1" / "summary.json").read_text())["interrupted"] is True
+    assert json.loads((out / "L1" / "summary.json").read_text())["total"] >= 1
+    assert not alive, [p.pid for p in alive]
