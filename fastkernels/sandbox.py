@@ -392,17 +392,20 @@ def _parent_of(pid: int) -> int | None:
         return None
 
 
-def _die_with_parent() -> None:
-    """Fork a watchdog that kills this job's whole process group (the job, everything it started,
-    and the watchdog) once the process that started the job is gone, whatever ended it (SIGKILL
-    included): a job never outlives fastkernels. Forked first thing, while only the standard library
-    is loaded, so forking is safe; a separate process, so a job holding the GIL cannot stall it."""
+def _die_with_parent(io_dir: Path) -> None:
+    """Fork a watchdog that kills this job's whole process group (the job and everything it started)
+    once the process that started the job is gone, whatever ended it (SIGKILL included), then
+    removes the job's folders the parent would have removed: a job never outlives fastkernels.
+    Forked first thing, while only the standard library is loaded, so forking is safe; a separate
+    process (in a process group of its own), so a job holding the GIL cannot stall it."""
     if not hasattr(os, "fork"):
         return
     parent, job = os.getppid(), os.getpid()
+    workdir = Path.cwd()
     if os.fork():
         return  # the job goes on
     try:
+        os.setpgid(0, 0)  # out of the job's group: the kill below must not end the watchdog first
         while True:
             time.sleep(WATCHDOG_PERIOD_S)
             if os.getppid() != job:  # the job itself is over: nothing left to guard
@@ -415,14 +418,19 @@ def _die_with_parent() -> None:
                 except ProcessLookupError:
                     now = -1
             if now != parent:
-                os.killpg(0, signal.SIGKILL)
+                os.killpg(job, signal.SIGKILL)  # the job leads its group (start_new_session)
+                time.sleep(0.2)
+                shutil.rmtree(io_dir, ignore_errors=True)
+                if workdir.name.startswith("fk-job-"):  # the folder run_job made for it, not a caller's
+                    shutil.rmtree(workdir, ignore_errors=True)
+                os._exit(0)
     finally:
         os._exit(0)
 
 
 def _child_main() -> None:
-    _die_with_parent()
     io_dir, preload = Path(sys.argv[1]), [m for m in sys.argv[2].split(",") if m]
+    _die_with_parent(io_dir)
     limit = os.environ.pop("FASTKERNELS_JOB_MEMORY_MB", None)
     if limit:
         import resource

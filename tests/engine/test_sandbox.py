@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -201,6 +202,9 @@ def test_a_running_job_and_its_descendants_die_with_the_process_that_started_it(
         grandchild = int(pidfile.read_text())
         family = [p for p in psutil.Process(parent.pid).children(recursive=True)]
         assert grandchild in {p.pid for p in family}
+        job = next(p for p in family if "_child_main" in " ".join(p.cmdline()))
+        folders = [Path(job.cmdline()[-2]), Path(job.cwd())]  # its io folder and its working folder
+        assert folders[0].name.startswith("fk-io-") and folders[1].name.startswith("fk-job-")
     finally:
         parent.kill()
         parent.wait()
@@ -208,6 +212,10 @@ def test_a_running_job_and_its_descendants_die_with_the_process_that_started_it(
     for p in alive:  # leave no orphan behind on a failure either
         p.kill()
     assert not alive, f"outlived the parent: {[(p.pid, p.cmdline()[:3]) for p in alive]}"
+    deadline = time.monotonic() + 10  # and the folders the parent would have removed go too
+    while any(f.exists() for f in folders) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(f.exists() for f in folders), folders
 
 
 def test_waiting_child_ends_with_its_parent(tmp_path):
