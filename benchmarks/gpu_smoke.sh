@@ -15,8 +15,8 @@ STATUS=$OUT/status.txt
 . "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$R/gpu.txt" 2>&1
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" >> "$R/gpu.txt" 2>&1
-step gpu_tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_sandbox.py tests/engine/test_anticheat.py
-step agent 300 python3 -m fastkernels.cli agent --model meta-llama/Llama-3.1-8B-Instruct --level 1 \
+step gpu_tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_sandbox.py tests/engine/test_anticheat.py
+step agent 240 python3 -m fastkernels.cli agent --model meta-llama/Llama-3.1-8B-Instruct --level 1 \
   --llm-model library --ops rms_norm,silu_and_mul,rotary_embedding --out "$R/agent" --no-tracking
 # A bench killed by SIGKILL mid-run (its children hold the 8B model on the GPU): the jobs' watchdogs
 # must free the GPU within seconds.
