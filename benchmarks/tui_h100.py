@@ -55,7 +55,7 @@ async def drive(app: FastKernelsApp, out: Path, timeout: float) -> dict:
         app.save_screenshot("e2e.svg", str(out))
         views = {name: (v.status, v.attempt, v.best_speedup) for name, v in app.main.views.items()}
         return {"seconds": seconds, "views": views, "metrics": app.last_metrics, "log": list(app.main.log_lines),
-                "e2e": getattr(app.agent, "e2e_report", None)}
+                "e2e": app.agent.e2e_report.to_dict() if getattr(app.agent, "e2e_report", None) else None}
 
 
 def main() -> int:

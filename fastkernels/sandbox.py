@@ -31,6 +31,7 @@ a job's start is one interpreter start plus whatever its function imports (torch
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import importlib
 import json
@@ -165,7 +166,7 @@ class _Child:
         self.io_dir = Path(tempfile.mkdtemp(prefix="fk-io-"))  # the child's reports, out of its reach by name
         self.stderr_path = self.io_dir / "stderr.txt"
         cmd = [sys.executable, "-c", "from fastkernels.sandbox import _child_main; _child_main()",
-               str(self.io_dir), ",".join(preload)]
+               str(self.io_dir), ",".join(preload), str(os.getpid())]
         with open(self.stderr_path, "wb") as err, open(self.io_dir / "stdout.txt", "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=str(workdir), env=environ, stdin=subprocess.PIPE,
                                          stdout=out, stderr=err, start_new_session=True)
@@ -392,7 +393,7 @@ def _parent_of(pid: int) -> int | None:
         return None
 
 
-def _die_with_parent(io_dir: Path) -> None:
+def _die_with_parent(io_dir: Path, parent: int) -> None:
     """Fork a watchdog that kills this job's whole process group (the job and everything it started)
     once the process that started the job is gone, whatever ended it (SIGKILL included), then
     removes the job's folders the parent would have removed: a job never outlives fastkernels.
@@ -400,7 +401,7 @@ def _die_with_parent(io_dir: Path) -> None:
     process (in a process group of its own), so a job holding the GIL cannot stall it."""
     if not hasattr(os, "fork"):
         return
-    parent, job = os.getppid(), os.getpid()
+    job = os.getpid()
     workdir = Path.cwd()
     if os.fork():
         return  # the job goes on
@@ -418,7 +419,8 @@ def _die_with_parent(io_dir: Path) -> None:
                 except ProcessLookupError:
                     now = -1
             if now != parent:
-                os.killpg(job, signal.SIGKILL)  # the job leads its group (start_new_session)
+                with contextlib.suppress(OSError):
+                    os.killpg(job, signal.SIGKILL)  # the job leads its group (start_new_session)
                 time.sleep(0.2)
                 shutil.rmtree(io_dir, ignore_errors=True)
                 if workdir.name.startswith("fk-job-"):  # the folder run_job made for it, not a caller's
@@ -430,7 +432,8 @@ def _die_with_parent(io_dir: Path) -> None:
 
 def _child_main() -> None:
     io_dir, preload = Path(sys.argv[1]), [m for m in sys.argv[2].split(",") if m]
-    _die_with_parent(io_dir)
+    # The parent's pid from its command line: a parent that died while this child started is seen.
+    _die_with_parent(io_dir, int(sys.argv[3]))
     limit = os.environ.pop("FASTKERNELS_JOB_MEMORY_MB", None)
     if limit:
         import resource

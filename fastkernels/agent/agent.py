@@ -493,10 +493,20 @@ class Agent:
             prewarm(GATE_PRELOAD, env=GpuPool.job_env(gpu))
 
     def _generate_all(self, ops: list[str]) -> None:
-        with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="fk-gen") as pool:
-            futures = [pool.submit(self.generate_op, op) for op in ops]
-            for f in futures:
+        self._in_pool(self.generate_op, ops)
+
+    def _in_pool(self, fn, ops: list[str]) -> None:
+        """fn(op) for every op, `concurrency` at a time. On Ctrl-C / SIGTERM the queued ones never
+        start and the running ones stop at their next check (cancel) before this re-raises."""
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="fk-gen")
+        try:
+            for f in [pool.submit(fn, op) for op in ops]:
                 f.result()
+        except BaseException:
+            self.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def run(self) -> dict:
         cfg = self.config
@@ -531,9 +541,8 @@ class Agent:
                                 self._set(self.states[op], OpStatus.BLAMED)
                                 self.states[op].last_error = reason
                                 self._save(self.states[op])
-                        with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-                            list(pool.map(lambda o: self.generate_op(o, failure=blamed[o]),
-                                          [o for o in blamed if o in self.states]))
+                        self._in_pool(lambda o: self.generate_op(o, failure=blamed[o]),
+                                      [o for o in blamed if o in self.states])
             except KeyboardInterrupt:
                 interrupted = True
                 self.cancel()

@@ -366,7 +366,7 @@ def test_sigterm_stops_the_agent_like_ctrl_c_and_leaves_no_process(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "FASTKERNELS_TRACKING": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-m", "fastkernels.cli", "agent", "--model", MODEL, "--level", "1",
-                             "--tiny", "--llm-model", "library", "--out", str(out)],
+                             "--tiny", "--llm-model", "library", "--concurrency", "1", "--out", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     family = []
     try:
@@ -385,6 +385,9 @@ def test_sigterm_stops_the_agent_like_ctrl_c_and_leaves_no_process(tmp_path):
     for p in alive:
         p.kill()
     assert proc.returncode == 130 and "interrupted" in err, err[-2000:]
-    assert json.loads((out / "L1" / "summary.json").read_text())["interrupted"] is True
+    summary = json.loads((out / "L1" / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    # the queued operators never started: one at a time, stopped after the first was saved
+    assert sum(r["status"] == "approved" for r in summary["ops"]) < len(summary["ops"]) == 6, summary["ops"]
     assert json.loads((out / "L1" / "summary.json").read_text())["total"] >= 1
     assert not alive, [p.pid for p in alive]

@@ -203,7 +203,7 @@ def test_a_running_job_and_its_descendants_die_with_the_process_that_started_it(
         family = [p for p in psutil.Process(parent.pid).children(recursive=True)]
         assert grandchild in {p.pid for p in family}
         job = next(p for p in family if "_child_main" in " ".join(p.cmdline()))
-        folders = [Path(job.cmdline()[-2]), Path(job.cwd())]  # its io folder and its working folder
+        folders = [Path(job.cmdline()[-3]), Path(job.cwd())]  # its io folder and its working folder
         assert folders[0].name.startswith("fk-io-") and folders[1].name.startswith("fk-job-")
     finally:
         parent.kill()
