@@ -90,15 +90,8 @@ def load_implementations(candidates, level: int | None = None, only: Iterable[st
                 file.write_text(str(value))
                 impls.append(_load_class(lvl, op, file, f"<code of L{lvl}/{op}>"))
     else:
-        root = Path(candidates)
-        if not root.is_dir():
-            raise UsageError(f"candidate directory {root} does not exist")
-        for lvl in ([level] if level is not None else list(LEVELS)):
-            folder = root / f"L{lvl}"
-            known = set(task_names(lvl))
-            for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
-                if path.stem in known:
-                    impls.append(_load_class(lvl, path.stem, path, str(path)))
+        for lvl, path in _candidate_files(candidates, level):
+            impls.append(_load_class(lvl, path.stem, path, str(path)))
     if only is not None:
         wanted = set(only)
         impls = [i for i in impls if i.key in wanted or i.op in wanted]
@@ -121,15 +114,22 @@ def find_candidates(candidates, level: int | None = None) -> dict[str, str]:
                 raise UsageError(f"candidate file {value} does not exist")
             out[f"L{lvl}/{op}"] = kernel_source(value) if is_path else str(value)
         return out
-    root = Path(candidates)
+    for lvl, path in _candidate_files(candidates, level):
+        out[f"L{lvl}/{path.stem}"] = kernel_source(path)
+    return out
+
+
+def _candidate_files(root, level: int | None) -> list[tuple[int, Path]]:
+    """(level, path) of every file of a folder laid out like tasks/candidate that names an operator
+    of its level (summaries and status files beside them are not candidates)."""
+    root = Path(root)
     if not root.is_dir():
         raise UsageError(f"candidate directory {root} does not exist")
+    out = []
     for lvl in ([level] if level is not None else list(LEVELS)):
         folder = root / f"L{lvl}"
         known = set(task_names(lvl))
-        for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
-            if path.stem in known:
-                out[f"L{lvl}/{path.stem}"] = kernel_source(path)
+        out += [(lvl, path) for path in sorted(folder.glob("*.py")) if folder.is_dir() and path.stem in known]
     return out
 
 
