@@ -244,7 +244,7 @@ class FastKernelsApp(App):
         return True
 
     def _need_op(self) -> str | None:
-        op = self.main.selected
+        op = self.main.current()
         if op is None:
             self.notify("select an operator first", severity="warning")
         return op
@@ -353,13 +353,16 @@ class FastKernelsApp(App):
 
     # ---- views ----------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:
+        self.main.current()
         self.main.show_tab(tab)
 
     def action_diff_split(self) -> None:
+        self.main.current()
         self.main.show_tab("diff")
         self.main.diff.toggle_split()
 
     def action_diff_against(self) -> None:
+        self.main.current()
         self.main.show_tab("diff")
         self.main.diff.toggle_against()
 

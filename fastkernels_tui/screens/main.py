@@ -110,6 +110,14 @@ class MainScreen(Screen):
         self.stream.show(self.views[op])
         self._render_active(full=True)
 
+    def current(self) -> str | None:
+        """The operator the screen shows as the key being handled sees it: the tree's cursor, which
+        a typed-ahead `down` has already moved while its highlight message is still queued."""
+        op = self.tree.cursor_op
+        if op is not None and op != self.selected:
+            self.select(op)
+        return self.selected
+
     def on_op_tree_op_chosen(self, event: OpTree.OpChosen) -> None:
         if event.op != self.selected:
             self.select(event.op)

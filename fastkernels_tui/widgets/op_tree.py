@@ -1,5 +1,6 @@
 """The operator tree: model -> level -> operators, each with a live status badge and its best
-speedup. Highlighting an operator posts `OpTree.OpChosen`."""
+speedup. Highlighting an operator posts `OpTree.OpChosen`; `cursor_op` is the operator under the
+cursor at once (keys typed ahead are handled before that message arrives)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,12 @@ class OpTree(Tree[str]):
         if node is not None:
             self._tree_lines  # noqa: B018  (builds the line table: a new node has no line before it)
             self.move_cursor(node)
+
+    @property
+    def cursor_op(self) -> str | None:
+        """The operator under the cursor now (the highlight message about it may still be queued)."""
+        node = self.cursor_node
+        return node.data if node is not None and node.data else None
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
         if event.node.data:
