@@ -317,6 +317,7 @@ class FastKernelsApp(App):
                 view.add(f"» steering for the next attempt: {message.note}\n")
                 if name == self.main.selected:
                     self.main.stream.append(f"» steering for the next attempt: {message.note}\n")
+        self.main.tree.focus()  # back where the keys work: `r` regenerates, not types "r"
         self.main.add_log(f"steering noted for {target}; r regenerates")
         self.notify(f"steering noted for {target}: the next attempt gets it", title="steer")
 

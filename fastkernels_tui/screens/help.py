@@ -31,8 +31,7 @@ class HelpScreen(ModalScreen[None]):
         table = Table(title="keys", box=None, padding=(0, 2))
         table.add_column("key", style="bold")
         table.add_column("action")
-        self.rows = [(self.app.get_key_display(b), b.description)
-                     for _, b in sorted(self._app_bindings(), key=lambda kb: kb[1].description)]
+        self.rows = sorted(self._app_bindings(), key=lambda row: row[1])
         for key, description in self.rows:
             table.add_row(key, description)
         with VerticalScroll(id="help-body"):
@@ -40,17 +39,27 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table)
             yield Static(Text("escape closes", style="dim"))
 
-    def _app_bindings(self):
-        """The app's bindings (footer-hidden ones too) and the editor's, after any user keymap."""
+    def _app_bindings(self) -> list[tuple[str, str]]:
+        """(keys, description) of the app's bindings (footer-hidden ones too), the main screen's and
+        the editor's, after any user keymap. An action bound to several keys lists them all, the
+        footer's first: quit is `q` (the footer) and `^q` (which works in a text box too)."""
+        from fastkernels_tui.screens.main import MainScreen
         from fastkernels_tui.widgets.editor import KernelEditor
 
-        seen = {}
-        for key, binding in self.app._bindings:
-            if binding.description and binding.action not in seen:
-                seen[binding.action] = (key, binding)
-        for binding in KernelEditor.BINDINGS:
-            seen.setdefault("editor." + binding.action, (binding.key, binding))
-        return list(seen.values())
+        keys: dict[str, list[str]] = {}
+        described: dict[str, str] = {}
+        own = [(k, b) for k, b in self.app._bindings if not b.priority]
+        shared = [(k, b) for k, b in self.app._bindings if b.priority]
+        extra = [(b.key, b) for b in (*MainScreen.BINDINGS, *KernelEditor.BINDINGS)]
+        for key, binding in (*own, *shared, *extra):
+            if not binding.description:
+                continue
+            action = binding.action
+            described.setdefault(action, binding.description)
+            display = self.app.get_key_display(binding.with_key(key))
+            if display not in keys.setdefault(action, []):
+                keys[action].append(display)
+        return [(", ".join(keys[action]), described[action]) for action in keys]
 
     async def action_dismiss(self, result=None) -> None:
         self.dismiss(None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
@@ -27,6 +28,10 @@ TABS = ("stream", "diff", "editor", "unit", "e2e")
 
 
 class MainScreen(Screen):
+    # Escape from anywhere on this screen (editor, steering box, tabs) returns to the operator tree,
+    # where every cockpit key works; widgets that use escape themselves (dialogs) keep it.
+    BINDINGS = [Binding("escape", "focus_tree", "Back to the operator tree", show=False, id="focus_tree")]
+
     def __init__(self, mask_times: bool = False, **kw) -> None:
         super().__init__(**kw)
         self.views: dict[str, OpView] = {}
@@ -81,6 +86,9 @@ class MainScreen(Screen):
     @property
     def active_tab(self) -> str:
         return self.query_one(TabbedContent).active
+
+    def action_focus_tree(self) -> None:
+        self.tree.focus()
 
     def view(self) -> OpView | None:
         return self.views.get(self.selected) if self.selected else None

@@ -13,6 +13,17 @@ from textual.widgets import Static, TextArea
 from fastkernels_tui.views import OpView
 
 
+class CodeArea(TextArea):
+    """The code editor's text area. Escape is not taken here (a code editor's TextArea moves focus to
+    the next widget, the steering box, where the cockpit's keys become text): it reaches the
+    screen, which puts focus back on the operator tree."""
+
+    async def _on_key(self, event) -> None:
+        if event.key == "escape":
+            event.prevent_default()  # TextArea's own handler (called after this one) stays out
+        # Other keys: Textual calls TextArea's handler next, as for any subclass.
+
+
 class KernelEditor(Vertical):
     BINDINGS = [Binding("ctrl+s", "save", "Save & re-check", id="save")]
 
@@ -29,7 +40,7 @@ class KernelEditor(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("select an operator with a candidate", id="editor-header")
-        yield TextArea.code_editor("", language="python", id="editor-text", soft_wrap=False)
+        yield CodeArea.code_editor("", language="python", id="editor-text", soft_wrap=False)
 
     @property
     def text_area(self) -> TextArea:

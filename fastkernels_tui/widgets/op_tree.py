@@ -30,6 +30,8 @@ class OpTree(Tree[str]):
     def __init__(self, **kw) -> None:
         super().__init__("operators", **kw)
         self.show_root = True
+        self.border_title = "operators"
+        self.border_subtitle = "esc returns here"
         self._op_nodes: dict[str, TreeNode[str]] = {}
         self._level_node: TreeNode[str] | None = None
 
