@@ -417,6 +417,26 @@ def _cmd_check(args) -> int:
     return 0 if report.passed else 1
 
 
+# ---- export -----------------------------------------------------------------------------------
+
+def _args_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", metavar="DIR", help="kernels laid out like tasks/candidate (L<level>/<op>.py), e.g. tasks/library")
+    p.add_argument("--out", required=True, help="folder to write the kernel repository to")
+    p.add_argument("--name", default=None, help="kernel name (default fastkernels-<DIR's folder name>)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+
+
+def _cmd_export(args) -> int:
+    from fastkernels.export import export_kernels
+
+    result = export_kernels(args.dir, args.out, name=args.name, force=args.force)
+    console.print(f"[bold]{result.name}[/]: {len(result.kernels)} kernel files -> {result.out}")
+    console.print(f"layers: {', '.join(result.layers) or 'none'}; "
+                  f"results: {'from the agent summary' if result.measured else 'not measured'}")
+    console.print(f"load it: kernels.get_local_kernel(Path({str(result.out)!r})) · see {result.out / 'README.md'}")
+    return 0
+
+
 # ---- dispatch ---------------------------------------------------------------------------------
 
 COMMANDS = {
@@ -425,6 +445,8 @@ COMMANDS = {
     "bench": ("patch candidate kernels into the model: shadow check, token match, speedup", _args_bench, _cmd_bench),
     "history": ("past runs from the MLflow store: kernels passing, speedups, end to end", _args_history, _cmd_history),
     "check": ("validate and unit-test one kernel file (the agent's gate): verdicts and timings per shape", _args_check, _cmd_check),
+    "export": ("write kernels as a Hugging Face `kernels` repository (build.toml, torch-ext, layers, card)",
+               _args_export, _cmd_export),
     "mlflow-ui": ("serve the MLflow UI for the tracking store on 127.0.0.1", _args_mlflow_ui, _cmd_mlflow_ui),
 }
 
