@@ -263,7 +263,7 @@ def export_kernels(src, out, *, name: str | None = None, force: bool = False) ->
     _write(out / "build.toml", _build_toml(name, kernels))
     _write(out / "tests" / f"test_{pkg}.py", _test_stub(pkg, kernels))
     _write(out / "benchmarks" / f"benchmark_{pkg}.py", _benchmark_stub(kernels))
-    _write(out / "README.md", _card(name, pkg, src, kernels, summaries))
+    _write(out / "README.md", _card(name, out, src, kernels, summaries))
     return ExportResult(out=out, name=name, kernels=kernels, measured=bool(summaries))
 
 
@@ -551,7 +551,7 @@ def _fmt_range(r) -> str:
 def _measured(summaries: list[dict]) -> list[str]:
     if not summaries:
         return ["Not measured: this folder holds no `fastkernels agent` summary (L<level>/summary.json).",
-                "`fastkernels check FILE` and `fastkernels bench --candidates DIR` measure the kernels."]
+                "`fastkernels check FILE` and `fastkernels bench --candidates DIR` measure the kernels.", ""]
     lines = []
     for s in summaries:
         e2e = s.get("e2e") or {}
@@ -577,7 +577,7 @@ def _measured(summaries: list[dict]) -> list[str]:
     return lines
 
 
-def _card(name: str, pkg: str, src: Path, kernels: list[Kernel], summaries: list[dict]) -> str:
+def _card(name: str, out: Path, src: Path, kernels: list[Kernel], summaries: list[dict]) -> str:
     layers = [(k, layer) for k in kernels for layer in k.layers]
     mapping = ",\n".join(f'    "{layer.name}": {{"cuda": LocalLayerRepository(repo, layer_name="{layer.name}")}}'
                          for _, layer in layers)
@@ -594,7 +594,7 @@ def _card(name: str, pkg: str, src: Path, kernels: list[Kernel], summaries: list
         "from kernels import LocalLayerRepository, Mode, kernelize, use_kernel_mapping",
         "from kernels import replace_kernel_forward_from_hub",
         "from transformers.models.llama.modeling_llama import LlamaMLP", "",
-        f'repo = Path("{pkg}")  # this folder',
+        f'repo = Path("{out.resolve()}")  # this folder',
         'replace_kernel_forward_from_hub(LlamaMLP, "SiluAndMulMLP")  # the MLP has no hub name of its own',
         "mapping = {", mapping, "}",
         "with use_kernel_mapping(mapping):",
@@ -610,10 +610,10 @@ def _card(name: str, pkg: str, src: Path, kernels: list[Kernel], summaries: list
     if not rest:
         lines.append("None.")
     for k in rest:
-        why = "raw CUDA: compiled with nvcc when imported (`cuda_module(key)`)" if k.cuda else (
-            k.note or "transformers has no hub layer name for it")
+        why = (f"raw CUDA, compiled with nvcc when imported: `cuda_module(\"{k.key}\")`" if k.cuda
+               else f"{k.note or 'transformers has no hub layer name for it'}; its operators are in `ops`")
         lines.append(f"- {k.key} (`_kernels/{k.module}.py`): {why}. Bind it into a model with "
-                     f"`fastkernels.patch(model, {{\"{k.key}\": path}})`, or call its operator from `ops`.")
+                     f"`fastkernels.patch(model, {{\"{k.key}\": path}})`.")
     lines += ["", "## Measured", ""] + _measured(summaries)
     lines += ["## Provenance", "",
               f"Exported from `{src}` with {_versions()}. Source files (sha256 of the spliced text):", ""]
