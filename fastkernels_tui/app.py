@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -71,16 +72,17 @@ class FastKernelsApp(App):
         Binding("g", "run_all", "Generate all", id="run_all"),
         Binding("r", "regenerate", "Regenerate", id="regenerate"),
         Binding("a", "approve", "Approve", id="approve"),
+        Binding("A", "approve_all", "Approve all", id="approve_all"),
         Binding("x", "reject", "Reject", id="reject"),
         Binding("s", "steer", "Steer", id="steer"),
-        Binding("l", "show_tab('stream')", "Stream", id="tab_stream"),
+        Binding("l", "show_tab('stream')", "Stream", show=False, id="tab_stream"),
         Binding("d", "show_tab('diff')", "Diff", id="tab_diff"),
         Binding("e", "show_tab('editor')", "Edit", id="tab_editor"),
         Binding("n", "show_tab('unit')", "Unit", id="tab_unit"),
         Binding("u", "diff_split", "Split/unified diff", show=False, id="diff_split"),
         Binding("p", "diff_against", "Diff vs previous/baseline", show=False, id="diff_against"),
         Binding("b", "bench", "E2E bench", id="bench"),
-        Binding("t", "next_theme", "Theme", id="next_theme"),
+        Binding("t", "next_theme", "Theme", show=False, id="next_theme"),
         Binding("o", "setup", "Setup", show=False, id="setup"),
         Binding("h", "history", "History", show=False, id="history"),
         Binding("question_mark,f1", "help", "Help", id="help"),
@@ -101,6 +103,7 @@ class FastKernelsApp(App):
         self.bridge = EventBridge(self)
         self.our_themes: list[str] = []
         self.last_metrics: MetricsSnapshot | None = None
+        self._reviews: list[threading.Event] = []  # one per approve/reject job, set when it is done
 
     # ---- start ----------------------------------------------------------------------------
     @property
@@ -178,10 +181,14 @@ class FastKernelsApp(App):
         views = []
         for spec in specs:
             views.append(OpView(name=spec.name, class_name=spec.class_name, baseline_code=spec.source_code))
+        self.main.auto_approve = self.options.auto_approve
         self.main.set_ops(self.options.title, self.options.level, views)
         agent.publish()  # every operator's state (kernels resumed from disk included), as events
         self._update_title()
         self.main.add_log(f"{len(views)} operators · backend {getattr(agent.backend, 'label', '?')} · g generates all")
+        if self.options.start:
+            self.options = self.options.with_(start=False)  # once: a setup change does not restart it
+            self.action_run_all()
 
     # ---- engine events --------------------------------------------------------------------
     def on_engine_flush(self, _: EngineFlush) -> None:
@@ -221,6 +228,9 @@ class FastKernelsApp(App):
         worker = event.worker
         if worker.group == "metrics" or not self.is_running:
             return
+        ended = event.state in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED)
+        if worker.group == "e2e" and ended and self.main.e2e == "running":
+            self.main.e2e = None  # it ended without a report (an E2EResult arrives before this)
         if event.state == WorkerState.ERROR:
             exc = worker.error
             text = str(exc) if isinstance(exc, FastKernelsError) else f"{type(exc).__name__}: {exc}"
@@ -292,12 +302,43 @@ class FastKernelsApp(App):
     def action_reject(self) -> None:
         self._review("reject")
 
+    def action_approve_all(self) -> None:
+        """Approve every kernel waiting for review (passed validation and unit tests), in one job."""
+        if not self._need_agent():
+            return
+        ops = [name for name, v in self.main.views.items() if v.status == "pending review"]
+        if not ops:
+            self.notify("no kernel waits for review", severity="warning")
+            return
+
+        def approve_all() -> list[str]:
+            for op in ops:
+                self.agent.approve(op)
+            return ops
+
+        self._review_job(approve_all, name="approve all",
+                         then=lambda done: self.main.add_log(f"approved {len(done)}: {', '.join(done)}"))
+
     def _review(self, what: str) -> None:
         if not self._need_agent() or not (op := self._need_op()):
             return
         fn = getattr(self.agent, what)
-        self._engine_job(lambda: fn(op), name=f"{what} {op}", group="review",
+        self._review_job(lambda: fn(op), name=f"{what} {op}",
                          then=lambda _: self.main.add_log(f"{op}: {what}{'d' if what.endswith('e') else 'ed'}"))
+
+    def _review_job(self, fn: Callable[[], Any], *, name: str, then: Callable[[Any], None]) -> None:
+        """An approve/reject job; `b` pressed right after it waits for it (`a b` typed ahead must
+        benchmark the kernel just approved)."""
+        done = threading.Event()
+        self._reviews = [e for e in self._reviews if not e.is_set()] + [done]
+
+        def job():
+            try:
+                return fn()
+            finally:
+                done.set()
+
+        self._engine_job(job, name=name, group="review", then=then)
 
     def action_steer(self) -> None:
         self.main.query_one("#steer-input").focus()
@@ -342,15 +383,23 @@ class FastKernelsApp(App):
         self.notify(f"{op}: your edit is {status}", title="edit")
 
     @work(thread=True, exclusive=True, group="e2e", exit_on_error=False, name="e2e benchmark")
-    def _run_e2e(self) -> dict | None:
+    def _run_e2e(self, after: list[threading.Event]) -> dict | None:
+        for review in after:  # approvals given before `b` count, even if their jobs still run
+            review.wait()
         return self.agent.run_e2e()
 
     def action_bench(self) -> None:
         if not self._need_agent():
             return
+        reviews = [e for e in self._reviews if not e.is_set()]
+        if not (self.options.auto_approve or reviews or any(v.status == "approved" for v in self.main.views.values())):
+            self.notify("nothing approved yet: a approves the kernel under the cursor, A every passing one",
+                        title="review", severity="warning")
+            return
+        self.main.e2e = "running"
         self.main.show_tab("e2e")
         self.main.add_log("end-to-end benchmark started")
-        self._run_e2e()
+        self._run_e2e(reviews)
 
     # ---- views ----------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:

@@ -25,6 +25,32 @@ from fastkernels_tui.widgets.steering import SteeringBar
 from fastkernels_tui.widgets.stream import StreamView
 
 TABS = ("stream", "diff", "editor", "unit", "e2e")
+BUSY = ("generating", "validating", "valid")  # an attempt in flight
+PASSING = ("correct", "pending review", "approved")
+
+
+def next_step(views: list[OpView], auto_approve: bool, e2e: str | None) -> str:
+    """The one line that tells a newcomer what to do now, from what the operators' statuses and the
+    end-to-end benchmark (`e2e`: None, "running" or its verdict line) say."""
+    if not views:
+        return "finding the model's operators…"
+    count = {s: sum(v.status == s for v in views) for s in {v.status for v in views}}
+    if any(count.get(s) for s in BUSY):
+        return "generating: ↑↓ picks the operator whose stream you watch · q cancels and quits"
+    if e2e == "running":
+        return "benchmarking end to end (E2E tab) · the GPU panel shows the load"
+    review = count.get("pending review", 0)
+    if review:
+        return (f"{review} kernel(s) wait for your review: a approves, x rejects the selected one, "
+                "A approves every passing one; then b benchmarks the approved ones end to end")
+    if e2e:
+        return f"{e2e} · r regenerates an operator (s steers it first), b benchmarks again"
+    accepted = count.get("approved", 0) + (count.get("correct", 0) if auto_approve else 0)
+    if accepted:
+        return f"press b to benchmark the {accepted} approved kernel(s) end to end"
+    if count.get("pending", 0) == len(views):
+        return "press g to generate every operator's kernel (r: only the selected one) · ? help"
+    return "no kernel passed yet: r regenerates the operator under the cursor (s steers it first) · g all"
 
 
 class MainScreen(Screen):
@@ -39,6 +65,8 @@ class MainScreen(Screen):
         self.mask_times = mask_times
         self._dirty: set[str] = set()  # ops whose header/tree label wait for the next tick
         self.log_lines: list[str] = []  # run-level messages, newest last
+        self.auto_approve = False  # set by the app: with review on only approved kernels go end to end
+        self.e2e: str | None = None  # None, "running" or the last end-to-end verdict, for `next_step`
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=not self.mask_times)
@@ -47,6 +75,7 @@ class MainScreen(Screen):
                 yield OpTree(id="op-tree")
                 yield Static("starting…", id="run-status")
             with Vertical(id="center"):
+                yield Static("", id="next-step")
                 with TabbedContent(id="tabs", initial="stream"):
                     with TabPane("Stream", id="stream"):
                         yield StreamView(id="stream-view")
@@ -65,6 +94,11 @@ class MainScreen(Screen):
     def on_mount(self) -> None:
         self.query_one(StreamView).mask_times = self.mask_times
         self.set_interval(0.25, self._tick)
+        self._show_next_step()
+
+    def _show_next_step(self) -> None:
+        self.query_one("#next-step", Static).update(
+            "→ " + next_step(list(self.views.values()), self.auto_approve, self.e2e))
 
     # ---- accessors ------------------------------------------------------------------------
     @property
@@ -162,6 +196,8 @@ class MainScreen(Screen):
         op = getattr(event, "op", None)
         if op is not None and op in self.views:
             view = self.views[op]
+            if isinstance(event, ev.GenerationStarted) and self.e2e != "running":
+                self.e2e = None  # a new kernel: the last end-to-end verdict no longer holds
             line = apply_event(view, event, time.monotonic())
             if line:
                 view.add(line)
@@ -175,8 +211,15 @@ class MainScreen(Screen):
                 self._render_active()
             return
         if isinstance(event, ev.E2EProgress):
+            self.e2e = "running"
             self.query_one(E2EPanel).progress(event.stage, event.done, event.total, event.detail)
         elif isinstance(event, ev.E2EResult):
+            speed = getattr(event.report, "speedup_decode", None)
+            if getattr(event.report, "device", "") == "cpu":
+                timing = " · on a CPU timings mean nothing"
+            else:
+                timing = f" · decode {speed:.2f}× the eager baseline" if speed else ""
+            self.e2e = ("end to end: PASS" if event.passed else "end to end: FAIL (see the E2E tab)") + timing
             self.query_one(E2EPanel).show_report(event.passed, event.report)
             self.add_log("e2e " + ("passed" if event.passed else "FAILED"))
         elif isinstance(event, ev.Message):
@@ -189,6 +232,7 @@ class MainScreen(Screen):
             self.add_log(f"run started · {event.backend}" + (f" · {event.device}" if event.device else ""))
 
     def _tick(self) -> None:
+        self._show_next_step()
         now = time.monotonic()
         if self.selected in self._dirty or (self.view() and self.view().status == "generating"):
             self.stream.update_header(self.view(), now)

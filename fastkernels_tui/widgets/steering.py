@@ -17,7 +17,7 @@ class SteeringBar(Horizontal):
             self.all_ops = all_ops
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="steer the next attempt (enter sends, esc back to the operators)…", id="steer-input")
+        yield Input(placeholder="steer the next attempt (enter sends · esc: back to the tree)…", id="steer-input")
         yield Label("all ops", id="steer-all-label")
         yield Switch(value=False, id="steer-all")
 

@@ -97,3 +97,17 @@ async def test_help_lists_every_key_of_an_action(make_app):
         assert keys["Quit"] == "q, ^q"  # the footer's key first
         assert keys["Back to the operator tree"] == "esc"
         assert keys["Help"].startswith("?")
+
+
+async def test_typed_ahead_approve_then_bench_benchmarks_the_approved_kernel(make_app):
+    app, agents = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await booted(pilot, app)
+        await pilot.press("r")
+        await idle(pilot, app)
+        type_ahead(app, "a", "b")  # b arrives before the approve job has run
+        await idle(pilot, app)
+        agent = agents[0]
+        assert ("approve", "add_rms_norm") in agent.calls and ("run_e2e",) in agent.calls
+        assert agent.calls.index(("approve", "add_rms_norm")) < agent.calls.index(("run_e2e",))
+        assert "passed" in str(app.main.query_one("#e2e-header").render())

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from textual import events
 
+from fastkernels_tui.options import SessionOptions
+
+from .conftest import MODEL
 from .test_pilot import SIZE, booted, log_text, until
 
 OPS = 8
@@ -23,10 +26,13 @@ PRESSES = 30
 BUDGET_S = 0.100
 
 
-async def test_key_press_latency_while_8_ops_stream_and_a_benchmark_runs(make_app):
+async def test_key_press_latency_while_8_ops_stream_and_a_benchmark_runs(make_app, tmp_path):
     # 4-character deltas every 2 ms per op: ~500 deltas/s each, ~4000/s in all (~125 tokens/s
     # per op at 4 characters a token), for about 20 s: longer than the measurement.
-    app, agents = make_app(n_ops=OPS, chunk_chars=4, delta_delay=0.002, repeat=12, bench_always=True,
+    # auto-approve: `b` starts at once (with review on it waits for an approved kernel)
+    opts = SessionOptions(model=MODEL, level=1, tiny=True, llm_model="library", out_dir=tmp_path / "candidate",
+                          theme="fastkernels-ember", auto_approve=True)
+    app, agents = make_app(options=opts, n_ops=OPS, chunk_chars=4, delta_delay=0.002, repeat=12, bench_always=True,
                            e2e_delay=0.05)
     async with app.run_test(size=SIZE) as pilot:
         await booted(pilot, app)

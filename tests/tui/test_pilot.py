@@ -220,9 +220,10 @@ async def test_benchmark_runs_on_approved_kernels_and_shows_the_report(make_app)
     app, agents = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await booted(pilot, app)
-        await pilot.press("b")  # nothing approved yet: the engine says so
+        await pilot.press("b")  # nothing approved yet: the cockpit says so and starts nothing
         await idle(pilot, app)
-        assert any("no accepted kernel" in line for line in app.main.log_lines)
+        assert any("nothing approved yet" in n.message for n in app._notifications)
+        assert ("run_e2e",) not in agents[0].calls
         await pilot.press("r")
         await idle(pilot, app)
         await pilot.press("a")
@@ -355,6 +356,10 @@ async def test_command_palette_runs_our_commands(make_app):
     app, agents = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await booted(pilot, app)
+        await pilot.press("r")
+        await idle(pilot, app)
+        await pilot.press("a")  # an approved kernel: the benchmark has something to run
+        await idle(pilot, app)
         await pilot.press("ctrl+p")
         await pilot.pause(0.1)
         await pilot.press(*"end-to-end")
