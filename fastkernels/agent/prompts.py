@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from fastkernels.judge.validate import parse
+
 if TYPE_CHECKING:
     from fastkernels.registry.tasks import OperatorSpec
 
@@ -122,7 +124,7 @@ def _signature(source: str, class_name: str) -> tuple[str, list[str]]:
     """The class line, the __init__ and forward signatures as written in the baseline, and the names
     of the parameters/submodules/buffers __init__ creates (the state-dict names a candidate keeps)."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError:
         return f"class {class_name}(nn.Module): ...", []
     cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name), None)
@@ -478,7 +480,7 @@ def _used_names(tree: ast.Module) -> set[str]:
 
 def _parse(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return parse(code)
     except SyntaxError:
         return None
 

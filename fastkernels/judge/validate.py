@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from dataclasses import asdict, dataclass
 
 STAGES = ("syntax", "static", "import", "class", "init")
@@ -34,6 +35,24 @@ TENSOR_COMPUTE_METHODS = {
     "type_as", "to", "copy_", "lerp", "addcmul", "baddbmm_", "outer", "cos", "sin", "reciprocal",
 }
 STREAM_CALLS = {"Stream", "stream", "set_stream", "ExternalStream"}
+# What no kernel needs, and what reaches into the process that runs it (the harness, the callers'
+# frames, other modules' objects): modules, their members, and attribute names.
+HARNESS_MODULES = {"gc": "the garbage collector's view of every object",
+                   "inspect": "call-stack and frame inspection",
+                   "importlib": "the import system (other modules' objects)",
+                   "builtins": "the interpreter's builtins",
+                   "ctypes": "raw memory access"}
+HARNESS_MEMBERS = {"sys.modules": "every loaded module, the harness's included",
+                   "sys._getframe": "the callers' frames", "sys.settrace": "tracing the caller",
+                   "sys.setprofile": "tracing the caller", "sys.meta_path": "the import system",
+                   "sys.path_hooks": "the import system", "sys._current_frames": "other threads' frames",
+                   "traceback.extract_stack": "the call stack", "traceback.walk_stack": "the call stack",
+                   "traceback.print_stack": "the call stack", "traceback.format_stack": "the call stack",
+                   "threading.settrace": "tracing the caller", "threading.setprofile": "tracing the caller"}
+HARNESS_NAMES = {"__import__": "the import system", "__builtins__": "the interpreter's builtins",
+                 "__subclasses__": "every class in the process", "__globals__": "another function's module",
+                 "f_back": "the caller's frame", "f_locals": "a frame's variables", "f_globals": "a frame's module",
+                 "tb_frame": "a traceback's frames", "gi_frame": "a generator's frame", "cr_frame": "a coroutine's frame"}
 
 
 @dataclass
@@ -54,6 +73,17 @@ class ValidationResult:
     @classmethod
     def from_dict(cls, d: dict) -> "ValidationResult":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+_PARSE_LOCK = threading.Lock()
+
+
+def parse(code: str) -> ast.Module:
+    """ast.parse, one thread at a time: CPython 3.11's AST conversion keeps its recursion depth in
+    shared state, and two threads parsing at once can fail with "SystemError: AST constructor
+    recursion depth mismatch" (the agent and the benchmarks judge candidates from thread pools)."""
+    with _PARSE_LOCK:
+        return ast.parse(code)
 
 
 def _fail(stage: str, error: str, line: int | None = None) -> ValidationResult:
@@ -121,10 +151,65 @@ def _is_kernel(fn: ast.FunctionDef) -> bool:
     return False
 
 
+def _reaches_out(tree: ast.Module, aliases: dict[str, str]) -> ValidationResult | None:
+    """A kernel that inspects frames, walks the heap or the module table, or rebinds another
+    module's attributes: nothing an operator needs, and how a candidate would reach what judges it."""
+    def fail(node, what: str, why: str) -> ValidationResult:
+        return _fail("static", f"line {node.lineno}: {what} reaches {why}; a kernel computes its outputs from its "
+                     "inputs and must not inspect or change the process around it. Remove it.", node.lineno)
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                mods = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            for mod in mods:
+                if mod.split(".")[0] in HARNESS_MODULES:
+                    return fail(node, f"importing {mod!r}", HARNESS_MODULES[mod.split(".")[0]])
+                if mod in HARNESS_MEMBERS:
+                    return fail(node, f"importing {mod!r}", HARNESS_MEMBERS[mod])
+        elif isinstance(node, ast.Attribute) and node.attr in HARNESS_NAMES:
+            return fail(node, f"`.{node.attr}`", HARNESS_NAMES[node.attr])
+        elif isinstance(node, ast.Name) and node.id in HARNESS_NAMES:
+            return fail(node, f"`{node.id}`", HARNESS_NAMES[node.id])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in HARNESS_NAMES:
+            return fail(node, f"the string {node.value!r}", HARNESS_NAMES[node.value])
+        if isinstance(node, ast.Attribute):
+            name = _dotted(node)
+            if name:
+                head, *rest = name.split(".")
+                full = ".".join([aliases.get(head, head), *rest])
+                for member, why in HARNESS_MEMBERS.items():
+                    if full == member or full.startswith(member + "."):
+                        return fail(node, f"`{name}`", why)
+        targets = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        for target in targets:
+            for t in ast.walk(target):
+                if isinstance(t, ast.Attribute) and isinstance(t.ctx, (ast.Store, ast.Del)):
+                    root = _dotted(t)
+                    if root and root.split(".")[0] in aliases:
+                        return fail(node, f"assigning `{root}`", "into an imported module or its objects")
+        if isinstance(node, ast.Call):
+            fname = _dotted(node.func) or ""
+            if fname in ("exec", "eval", "compile"):
+                return fail(node, f"`{fname}(...)`", "code no one can read before it runs (write it out instead)")
+            if fname in ("setattr", "delattr") and node.args:
+                obj = _dotted(node.args[0])
+                if obj is None or obj.split(".")[0] != "self":
+                    return fail(node, f"`{fname}({ast.unparse(node.args[0])}, ...)`",
+                                "into another object's attributes (set your own module's state with self.x = ...)")
+    return None
+
+
 def static_check(code: str, expected_class_name: str, *, cuda_only: bool = False) -> ValidationResult | None:
     """The checks that need no execution. Returns the failure, or None when the code passes."""
     try:
-        tree = ast.parse(code)
+        tree = parse(code)
     except SyntaxError as exc:
         where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
         text = (exc.text or "").rstrip()
@@ -145,6 +230,9 @@ def static_check(code: str, expected_class_name: str, *, cuda_only: bool = False
         return _fail("class", f"class {expected_class_name!r} (line {cls.lineno}) has no forward method; "
                      "define forward with the baseline's signature.", cls.lineno)
     aliases = _aliases(tree)
+    reach = _reaches_out(tree, aliases)
+    if reach is not None:
+        return reach
     # Always: kernels run on the caller's stream (a side stream hides work from the timer), and the
     # harness and baseline are out of bounds (calling the baseline is not a kernel).
     for node in ast.walk(tree):

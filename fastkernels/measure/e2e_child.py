@@ -10,8 +10,6 @@ import json
 import time
 from dataclasses import asdict
 
-from fastkernels.sandbox import is_cuda_error
-
 from fastkernels.measure.e2e import (
     CPU_TIMING_NOTE,
     SHADOW_DECODE_STEPS,
@@ -20,6 +18,7 @@ from fastkernels.measure.e2e import (
     bracketed,
     pair_ratios,
 )
+from fastkernels.sandbox import is_cuda_error
 
 
 class _Progress:

@@ -216,36 +216,59 @@ def default_queue() -> CudaQueue:
     return _QUEUE
 
 
+def _fresh(args: tuple, bump) -> tuple:
+    """The call's inputs with every tensor's version counter moved on (no kernel, ~0.2 us each): to
+    a kernel they are new tensors, so a result cache keyed on the tensor and its version never hits.
+    Every subject pays it alike."""
+    bump([x for x in args if hasattr(x, "_version")])
+    return args
+
+
+def _keeper(keep: dict | None, name: str):
+    """Where a subject's last output for each input set goes (`keep[name][set index]`), or None."""
+    return None if keep is None else keep.setdefault(name, {})
+
+
 def wall_per_call(subjects: dict[str, Callable], arg_sets: Sequence[tuple], queue, *, rounds: int = 7,
-                  calls: int = 10) -> dict[str, Stats]:
+                  calls: int = 10, keep: dict | None = None) -> dict[str, Stats]:
     """Wall time per call (ms) of `calls` back-to-back calls with rotating inputs and no flush,
     synchronised at both ends, in interleaved rounds: what a caller that issues the op from Python
-    waits for, launch overhead included."""
+    waits for, launch overhead included. `keep`: {} to collect each subject's last output per input
+    set (every subject stores them alike)."""
+    from torch.autograd.graph import increment_version
+
     out: dict[str, list[float]] = {n: [] for n in subjects}
-    for order in rotations(list(subjects), rounds):
+    n = len(arg_sets)
+    for r, order in enumerate(rotations(list(subjects), rounds)):
         for name in order:
-            fn = subjects[name]
+            fn, kept = subjects[name], _keeper(keep, name)
             queue.sync()
             t0 = queue.now()
             for i in range(calls):
-                fn(*arg_sets[i % len(arg_sets)])
+                j = (r * calls + i) % n
+                y = fn(*_fresh(arg_sets[j], increment_version))
+                if kept is not None:
+                    kept[j] = y
             queue.sync()
             out[name].append((queue.now() - t0) * 1e3 / calls)
     return {n: Stats.of(v) for n, v in out.items()}
 
 
 def device_per_call(subjects: dict[str, Callable], arg_sets: Sequence[tuple], queue, *, samples: int = 60,
-                    batch: int = 8, host_ms: dict[str, float] | None = None, tries: int = 6) -> tuple[dict[str, Stats], str]:
+                    batch: int = 8, host_ms: dict[str, float] | None = None, tries: int = 6,
+                    keep: dict | None = None) -> tuple[dict[str, Stats], str]:
     """Device time per call (ms): L2 flushed before every call, inputs rotated, the subjects
     interleaved call by call, each batch enqueued behind a spin kernel so the host's launch cost
     never shows (see the note above). `host_ms`: an upper bound of each subject's host cost per call
     (its wall time per call), to size the spin. Returns ({name: Stats}, method): method says
     "device" when every batch ran behind the spin, "events" when a subject blocks the host (it
     synchronises inside forward) and the fallback timed each call with events only."""
+    from torch.autograd.graph import increment_version
+
     names = list(subjects)
     host_ms = host_ms or {}
     if not getattr(queue, "can_hold", True):
-        return _events_only(subjects, arg_sets, queue, samples), "events"
+        return _events_only(subjects, arg_sets, queue, samples, keep), "events"
     got: dict[str, list[float]] = {n: [] for n in names}
     slack = 2.0
     per = max(1, batch)
@@ -262,16 +285,19 @@ def device_per_call(subjects: dict[str, Callable], arg_sets: Sequence[tuple], qu
         marks = []
         for name, i in calls:
             queue.flush()
+            args = _fresh(arg_sets[i], increment_version)
             a = queue.event()
-            subjects[name](*arg_sets[i])
+            y = subjects[name](*args)
             b = queue.event()
             marks.append((name, a, b))
+            if keep is not None:
+                _keeper(keep, name)[i] = y
         ahead = not queue.done(go)  # the spin outlasted the enqueueing: every call ran back to back
         queue.sync()
         if not ahead:
             failures += 1
             if failures >= tries:
-                return _events_only(subjects, arg_sets, queue, samples), "events"
+                return _events_only(subjects, arg_sets, queue, samples, keep), "events"
             slack *= 2
             per = max(1, per // 2)  # a full launch queue blocks the host too
             continue
@@ -280,16 +306,22 @@ def device_per_call(subjects: dict[str, Callable], arg_sets: Sequence[tuple], qu
     return {n: Stats.of(v) for n, v in got.items()}, "device"
 
 
-def _events_only(subjects, arg_sets, queue, samples) -> dict[str, Stats]:
+def _events_only(subjects, arg_sets, queue, samples, keep=None) -> dict[str, Stats]:
+    from torch.autograd.graph import increment_version
+
     got: dict[str, list[float]] = {n: [] for n in subjects}
     for r, order in enumerate(rotations(list(subjects), samples)):
         for name in order:
             queue.flush()
+            i = r % len(arg_sets)
+            args = _fresh(arg_sets[i], increment_version)
             a = queue.event()
-            subjects[name](*arg_sets[r % len(arg_sets)])
+            y = subjects[name](*args)
             b = queue.event()
             queue.sync()
             got[name].append(queue.elapsed_ms(a, b))
+            if keep is not None:
+                _keeper(keep, name)[i] = y
     return {n: Stats.of(v) for n, v in got.items()}
 
 
@@ -312,16 +344,18 @@ class Comparison:
 
 
 def compare(subjects: dict[str, Callable], arg_sets: Sequence[tuple], queue=None, *, warmup: int = 3,
-            samples: int = 200, wall_rounds: int = 7) -> Comparison:
-    """Warm every subject up, then time them interleaved: wall per call, then device per call."""
+            samples: int = 200, wall_rounds: int = 7, keep: dict | None = None) -> Comparison:
+    """Warm every subject up, then time them interleaved: wall per call, then device per call.
+    `keep`: {} to collect each subject's last output per input set (`keep[name][index]`), outputs
+    of timed calls for a checker to verify afterwards."""
     queue = queue or default_queue()
     for _ in range(warmup):
         for fn in subjects.values():
-            for args in arg_sets:
+            for args in arg_sets[:4]:
                 fn(*args)
     queue.sync()
-    wall = wall_per_call(subjects, arg_sets, queue, rounds=wall_rounds)
-    device, method = device_per_call(subjects, arg_sets, queue, samples=samples,
+    wall = wall_per_call(subjects, arg_sets, queue, rounds=wall_rounds, keep=keep)
+    device, method = device_per_call(subjects, arg_sets, queue, samples=samples, keep=keep,
                                      host_ms={n: s.p75 for n, s in wall.items()})  # the spin doubles if short
     return Comparison(device, wall, method)
 

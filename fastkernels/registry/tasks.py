@@ -133,7 +133,11 @@ def check_level(level) -> int:
 
 def load_module(path: Path, name: str | None = None) -> ModuleType:
     """Import a Python file by path under a unique module name (task files are ours; candidates
-    are imported only inside the sandbox's child process)."""
+    are imported only inside the sandbox's child process). Under the Triton interpreter, its fp32 ->
+    bf16 conversions round as a GPU's do first (fastkernels.gpu.interpreter)."""
+    from fastkernels.gpu.interpreter import round_like_gpu
+
+    round_like_gpu()
     path = Path(path).resolve()
     mod_name = name or f"fk_task_{path.parent.name}_{path.stem}_{abs(hash(str(path)))}"
     text = path.read_text()

@@ -1,6 +1,9 @@
 """Every known way to fool a kernel benchmark, as a deliberately cheating RMSNorm: each must fail
 with a message that says why. The honest kernel beside them must pass (the gate is not simply
-rejecting everything). CPU cases run under the Triton interpreter."""
+rejecting everything). CPU cases run under the Triton interpreter; the cheats that only a GPU's
+timing shows are marked `gpu`. Among them, cheats that reach the harness from inside the
+candidate's process (a forged result file, the comparison replaced through the module table): the
+verdict is computed in a process that never imported the candidate, so they change nothing."""
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +25,13 @@ EXPECTED = {
     "first_shape_only": (("float32",), "elements outside tolerance"),
     "one_nan": (("float32",), "has 1 NaN/Inf value(s)"),
     "wrong_eps": (("bfloat16",), "where the epsilon matters"),
-    "timer_patch": (("float32",), "replaced timing functions (triton.testing.do_bench)"),
+    "timer_patch": (("float32",), "assigning `_tt.do_bench` reaches into an imported module"),
+    "timer_patch_hidden": (("float32",), "replaced timing functions (triton.testing.do_bench)"),
+    "forge_result": (("float32",), "no output was written for this sample"),
+    "forge_compare": (("float32",), "elements outside tolerance"),
+    "scaled_output": (("bfloat16",), "the output as a whole is off"),
+    "seed0_weights": (("float32",), "elements outside tolerance"),
+    "stack_replay": (("float32",), "`sys._getframe` reaches the callers' frames"),
     "side_stream": (("float32",), "uses a separate CUDA stream"),
     "lowered_precision": (("float32",), "elements outside tolerance"),
     "correct_rms_norm": (("bfloat16", "float32"), None),
@@ -90,36 +99,63 @@ def test_side_stream_hidden_from_static_check_is_caught_by_the_profiler():
 
 def _trace(*kernels):
     events = [{"ph": "X", "cat": "cpu_op", "name": "aten::fill_", "ts": 0}]
-    for i, (name, stream) in enumerate(kernels):
+    for i, (name, stream, *dur) in enumerate(kernels):
         events.append({"ph": "X", "cat": "kernel", "name": name, "pid": 0, "tid": stream, "ts": 10 + i,
-                       "args": {"stream": stream, "device": 0}})
+                       "dur": dur[0] if dur else 1.0, "args": {"stream": stream, "device": 0}})
     return events
 
 
 def test_side_stream_kernel_is_rejected_from_the_trace():
-    from fastkernels.measure.unit import _Reject, judge_kernels, kernels_from_trace
+    from fastkernels.measure.runner import Reject, judge_kernels, kernels_from_trace
 
     home, kernels = kernels_from_trace(_trace(("FillFunctor marker", 7), ("_rms_norm_row", 13)))
-    assert home == 7 and kernels == [("_rms_norm_row", 13)]
-    with pytest.raises(_Reject, match="stream other than the caller's"):
+    assert home == 7 and kernels == [("_rms_norm_row", 13, 1.0)]
+    with pytest.raises(Reject, match="stream other than the caller's"):
         judge_kernels(home, kernels, ["_rms_norm_row"], launched=1, require_kernel=True, cuda_only=False)
     home, kernels = kernels_from_trace(_trace(("FillFunctor marker", 7), ("_rms_norm_row", 7)))
     judge_kernels(home, kernels, ["_rms_norm_row"], launched=1, require_kernel=True, cuda_only=False)
 
 
 def test_framework_kernels_fail_cuda_only_and_pretenders_fail_always():
-    from fastkernels.measure.unit import _Reject, judge_kernels
+    from fastkernels.measure.runner import Reject, judge_kernels
 
-    ours = "_Z15rms_norm_kernelPK13__nv_bfloat16S1_PS_if"  # a mangled CUDA name contains the source name
-    framework = "void at::native::vectorized_elementwise_kernel<4, at::native::mul_kernel>"
-    judge_kernels(7, [(ours, 7)], ["rms_norm_kernel"], launched=0, require_kernel=True, cuda_only=True)
-    with pytest.raises(_Reject, match="framework compute kernel"):
-        judge_kernels(7, [(ours, 7), (framework, 7)], ["rms_norm_kernel"], launched=0, require_kernel=True,
-                      cuda_only=True)
-    with pytest.raises(_Reject, match="saw no kernel of the candidate's own"):
-        judge_kernels(7, [(framework, 7)], ["rms_norm_kernel"], launched=0, require_kernel=True, cuda_only=False)
+    ours = "_Z15rms_norm_kernelPK13__nv_bfloat16S1_PS_if"  # as the profiler may show a CUDA kernel: mangled
+    framework = "void at::native::vectorized_elementwise_kernel<4, at::native::mul_kernel>(int, float*)"
+    judge_kernels(7, [(ours, 7, 5.0)], ["rms_norm_kernel"], launched=0, require_kernel=True, cuda_only=True)
+    judge_kernels(7, [("rms_norm_kernel(__nv_bfloat16 const*, int)", 7, 5.0)], ["rms_norm_kernel"], launched=0,
+                  require_kernel=True, cuda_only=True)
+    with pytest.raises(Reject, match="framework compute kernel"):
+        judge_kernels(7, [(ours, 7, 5.0), (framework, 7, 1.0)], ["rms_norm_kernel"], launched=0,
+                      require_kernel=True, cuda_only=True)
+    with pytest.raises(Reject, match="saw no kernel of the candidate's own"):
+        judge_kernels(7, [(framework, 7, 5.0)], ["rms_norm_kernel"], launched=0, require_kernel=True,
+                      cuda_only=False)
     # the baseline timed against itself runs only framework kernels, and may
-    judge_kernels(7, [(framework, 7)], [], launched=0, require_kernel=False, cuda_only=False)
+    judge_kernels(7, [(framework, 7, 5.0)], [], launched=0, require_kernel=False, cuda_only=False)
+
+
+def test_kernel_names_match_exactly_not_as_substrings():
+    """An unused `__global__ void _()` (or a kernel named `kernel`) must not make framework kernels
+    count as the candidate's own: `_` is a substring of almost every kernel name."""
+    from fastkernels.measure.runner import Reject, judge_kernels
+
+    framework = "void at::native::vectorized_elementwise_kernel<4, at::native::mul_kernel>(int, float*)"
+    for names in (["_"], ["kernel"], ["elementwise"]):
+        with pytest.raises(Reject, match="saw no kernel of the candidate's own"):
+            judge_kernels(7, [(framework, 7, 5.0)], names, launched=0, require_kernel=True, cuda_only=True)
+
+
+def test_a_token_launch_beside_framework_work_is_not_the_candidates_kernel():
+    """One tiny launch of its own while PyTorch does the work: its kernels must carry most of the
+    forward's GPU time."""
+    from fastkernels.measure.runner import Reject, judge_kernels
+
+    framework = "void at::native::reduce_kernel<512, 1>(float*)"
+    with pytest.raises(Reject, match=r"own kernels ran 2% of the forward's GPU time"):
+        judge_kernels(7, [("_token", 7, 0.2), (framework, 7, 9.8)], ["_token"], launched=1, require_kernel=True,
+                      cuda_only=False)
+    judge_kernels(7, [("_token", 7, 9.0), (framework, 7, 1.0), ("FillFunctor", 7, 5.0)], ["_token"], launched=1,
+                  require_kernel=True, cuda_only=False)
 
 
 def test_kernel_names_are_read_from_the_source():
@@ -127,3 +163,85 @@ def test_kernel_names_are_read_from_the_source():
 
     cuda = 'src = """\ntemplate <int B>\n__global__ __launch_bounds__(256) void fused_norm(float* x) {}\n"""\n'
     assert kernel_names((CHEATS / "correct_rms_norm.py").read_text() + cuda) == ["_rms_norm_row", "fused_norm"]
+
+
+# ---- inputs and weights nobody knows in advance; figures the hardware cannot reach ---------------
+
+def test_every_run_draws_its_own_inputs_and_weights_and_a_seed_reproduces_one(reports):
+    from fastkernels.measure.runner import Plan
+
+    plans = {Plan.draw(3) for _ in range(8)}
+    assert len({p.base for p in plans}) == 8 and len({p.weight_seed for p in plans}) == 8
+    assert Plan.draw(3, seed=5) == Plan.draw(3, seed=5)
+    first = reports["correct_rms_norm"]
+    assert first.seed is not None
+    spec = dataclasses.replace(build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True),
+                               dtypes=("bfloat16", "float32"))
+    again = run_unit(spec, (CHEATS / "correct_rms_norm.py").read_text(), seeds=1, seed=first.seed)
+    assert again.seed == first.seed
+    assert [(s.shape, s.dtype, s.max_abs_err) for s in again.shapes] == [
+        (s.shape, s.dtype, s.max_abs_err) for s in first.shapes]
+
+
+def test_a_timing_faster_than_the_hardware_is_rejected_as_impossible():
+    from fastkernels.judge.gate import IMPOSSIBLE, _join_shape
+    from fastkernels.measure.unit import ShapeResult
+
+    ceilings = {"copy_bytes_per_s": 3.0e12, "bf16_flops_per_s": 7.0e14}
+    base = {"eager_ms": 0.020, "eager_wall_ms": 0.030, "cost": {"bytes": 64 << 20, "flops": 0}, "bound": "memory"}
+
+    def cand(ms):
+        return {"device": {"candidate": {"iqm": ms}}, "wall": {"candidate": {"iqm": ms + 0.005}}, "method": "device"}
+
+    honest = ShapeResult(shape="prefill", dtype="bfloat16", passed=True)
+    _join_shape(honest, cand(0.025), base, ceilings)  # 64 MiB in 25 us: 2.7 TB/s, 89% of the copy figure
+    assert honest.passed and 0.85 < honest.roofline_fraction < 0.95 and honest.speedup_vs_eager == pytest.approx(0.8)
+    forged = ShapeResult(shape="prefill", dtype="bfloat16", passed=True)
+    _join_shape(forged, cand(0.001), base, ceilings)  # 67 TB/s: 2237% of it
+    assert not forged.passed and forged.roofline_fraction > IMPOSSIBLE
+    assert "impossible timing" in forged.reason and "copy bandwidth" in forged.reason
+    assert forged.speedup_vs_eager is None  # no figure is reported from a clock that cannot be right
+    missing = ShapeResult(shape="prefill", dtype="bfloat16", passed=True)
+    _join_shape(missing, {"device": {"candidate": {"iqm": -1.0}}}, base, ceilings)
+    assert not missing.passed and "not positive numbers" in missing.reason
+
+
+# ---- the cheats only a GPU's timing shows (run on the device) ---------------------------------------
+
+def _gpu_spec():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: these cheats act only while the candidate is timed")
+    return build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=False)
+
+
+@pytest.mark.gpu
+def test_replaying_when_the_caller_is_the_timer_is_caught_by_checking_timed_outputs():
+    report = run_unit(_gpu_spec(), (CHEATS / "stack_replay_hidden.py").read_text(), seeds=1)
+    assert not report.passed, report.failure_message()
+    assert "the output of a timed call" in report.failure_message()
+
+
+@pytest.mark.gpu
+def test_slowing_the_baseline_from_the_candidates_process_changes_nothing():
+    """The candidate slows torch.rsqrt (the baseline's) at import, through the module table: the
+    baselines are timed in the referee's clean process, so the speedup stays what the kernel earns
+    (the honest kernel's, measured beside it, within 25%)."""
+    spec = _gpu_spec()
+    honest = run_unit(spec, (CHEATS / "correct_rms_norm.py").read_text(), seeds=1)
+    slowed = run_unit(spec, (CHEATS / "slow_baseline.py").read_text(), seeds=1)
+    assert honest.passed and slowed.passed, slowed.failure_message()
+    for h, s in zip(honest.speedups(), slowed.speedups()):
+        assert s < 1.25 * h, (h, s)
+
+
+@pytest.mark.gpu
+def test_a_cache_keyed_on_the_tensor_and_its_version_never_hits_while_timed():
+    spec = _gpu_spec()
+    report = run_unit(spec, (CHEATS / "version_cache.py").read_text(), seeds=1)
+    honest = run_unit(spec, (CHEATS / "correct_rms_norm.py").read_text(), seeds=1)
+    assert report.passed, report.failure_message()
+    for c, h in zip(report.shapes, honest.shapes):  # no faster than the kernel it wraps
+        if c.candidate_ms and h.candidate_ms:
+            assert c.candidate_ms > 0.8 * h.candidate_ms, (c.shape, c.candidate_ms, h.candidate_ms)

@@ -25,7 +25,7 @@ CASES = {
     "baseline_plain": ("rms_norm", None, {}),
     "crash_in_forward": ("rms_norm", GOOD.replace(
         "        return rms_norm(x, self.weight, self.variance_epsilon)",
-        "        import ctypes\n        ctypes.string_at(0)"), {}),
+        "        import faulthandler\n        faulthandler._sigsegv()"), {}),
     "renamed_param": ("rms_norm", GOOD.replace("self.weight", "self.scale"), {}),
     "mutates_input": ("rms_norm", GOOD.replace(
         "        return rms_norm(x, self.weight, self.variance_epsilon)",
@@ -140,13 +140,31 @@ def test_near_constant_reference_is_not_counted_and_integers_compare_exactly():
         _check(bad, idx)
 
 
-def test_bf16_tolerance_admits_the_baselines_own_rounding():
-    # the bf16 baseline vs the fp32 reference is the error any faithful bf16 kernel may have
+def test_bf16_tolerance_admits_the_baselines_own_rounding_and_one_rounding_less():
+    # the bf16 baseline vs the fp32 reference is the error any faithful bf16 kernel may have; a
+    # kernel that rounds once where the baseline rounds twice is closer still
     spec = build_spec(1, "rms_norm", MODEL, tiny=True)
     x = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
     mod = spec.task().RMSNorm(64, 1e-5)
-    ref = mod(x)
-    _check(mod.bfloat16()(x.bfloat16()), ref, "bfloat16", expect=torch.empty(32, 64, dtype=torch.bfloat16))
+    with torch.no_grad():
+        ref = mod(x)
+        base = mod.bfloat16()(x.bfloat16())
+    _check(base.clone(), ref, "bfloat16", expect=base)
+    _check(ref.bfloat16(), ref, "bfloat16", expect=base)
+
+
+@pytest.mark.parametrize("cheat, match", [
+    (lambda r: r * 1.015, r"outside tolerance|rms: RMS error"),  # every element within 2% of the reference
+    (lambda r: r * 1.005, r"rms: RMS error .* the baseline's own bfloat16 error"),
+    (lambda r: r + 0.015 * r.pow(2).mean().sqrt(), r"rms: RMS error"),  # a bias of 1.5% of the RMS
+    (lambda r: r + 0.003 * r.pow(2).mean().sqrt(), r"bias: mean error"),  # 0.3%: only the mean shows it
+])
+def test_outputs_scaled_or_shifted_within_the_flat_2pct_fail_against_the_noise_floor(cheat, match):
+    g = torch.Generator().manual_seed(3)
+    ref = torch.randn(512, 256, generator=g)
+    base = ref.bfloat16()  # a baseline that rounds once
+    with pytest.raises(_Reject, match=match):
+        _check(cheat(ref).bfloat16(), ref, "bfloat16", expect=base)
 
 
 def test_check_command_exit_codes(capsys, tmp_path):
@@ -166,14 +184,19 @@ def test_check_command_exit_codes(capsys, tmp_path):
 
 def test_deep_blocks_get_the_baselines_own_error_as_floor():
     # a baseline whose own bf16 error is 5% of the output RMS (as a decoder layer's can be): a
-    # candidate as far off passes, one at 3x fails, though both are outside the table's 2%
+    # candidate as far off passes, one at 3x fails in RMS, one with a few elements 5x off fails at
+    # the worst element, though all are far outside bf16's 2%
     g = torch.Generator().manual_seed(1)
     ref = torch.randn(64, 64, generator=g)
     noise = torch.randn(64, 64, generator=g)
     expect = (ref + 0.05 * noise).bfloat16()
     _check((ref - 0.05 * noise).bfloat16(), ref, "bfloat16", expect=expect)
-    with pytest.raises(_Reject, match="outside tolerance"):
+    with pytest.raises(_Reject, match=r"rms: RMS error .* is 3.0x"):
         _check((ref + 0.15 * noise).bfloat16(), ref, "bfloat16", expect=expect)
+    spiky = ref - 0.05 * noise
+    spiky[5, :3] += 5 * 0.05 * noise.abs().max()
+    with pytest.raises(_Reject, match="3 of 4096 elements outside tolerance"):
+        _check(spiky.bfloat16(), ref, "bfloat16", expect=expect)
 
 
 # ---- the stopwatch, on a simulated GPU queue (host clock, in-order device, events) -------------
@@ -307,8 +330,8 @@ def test_several_candidates_share_one_child_with_exact_attribution():
 
     spec = dataclasses.replace(build_spec(1, "rms_norm", MODEL, tiny=True), dtypes=("float32",))
     crash = GOOD.replace("        return rms_norm(x, self.weight, self.variance_epsilon)",
-                         "        import ctypes\n        ctypes.string_at(0)")
-    codes = {"correct": GOOD, "timer": (CHEATS / "timer_patch.py").read_text(), "crash": crash,
+                         "        import faulthandler\n        faulthandler._sigsegv()")
+    codes = {"correct": GOOD, "timer": (CHEATS / "timer_patch_hidden.py").read_text(), "crash": crash,
              "cache": (CHEATS / "cache_last.py").read_text()}
     got = run_unit_many(spec, codes, seeds=1)
     assert list(got) == list(codes)
@@ -326,7 +349,7 @@ def test_gate_in_one_child_gives_the_verdicts_of_validate_then_unit():
     spec = dataclasses.replace(build_spec(1, "rms_norm", MODEL, tiny=True), dtypes=("float32",))
     broken_import = GOOD.replace("import triton\n", "import triton\nraise RuntimeError('boom at import')\n", 1)
     crash = GOOD.replace("        return rms_norm(x, self.weight, self.variance_epsilon)",
-                         "        import ctypes\n        ctypes.string_at(0)")
+                         "        import faulthandler\n        faulthandler._sigsegv()")
     cases = {"good": GOOD, "broken_import": broken_import, "crash": crash}
     with ThreadPoolExecutor(2) as pool:
         got = dict(zip(cases, pool.map(lambda c: run_gate(spec, c, seeds=1), cases.values())))

@@ -68,7 +68,7 @@ def test_hang_at_import_times_out():
 
 
 def test_crash_at_import_is_a_result():
-    code = "import ctypes\nctypes.string_at(0)\nclass RMSNorm:\n    def forward(self, x):\n        return x\n"
+    code = "import faulthandler\nfaulthandler._sigsegv()\nclass RMSNorm:\n    def forward(self, x):\n        return x\n"
     r = validate_kernel(code, "RMSNorm")
     assert not r.ok and r.kind == "crash" and "SIGSEGV" in r.error and r.stage == "import"
 
@@ -133,3 +133,38 @@ def test_baseline_import_is_rejected_in_any_mode():
     code = "from fastkernels.registry.tasks import load_task\n" + GOOD
     r = validate_kernel(code, "RMSNorm")
     assert not r.ok and r.stage == "static" and r.line == 1 and "baseline" in r.error
+
+
+@pytest.mark.parametrize("snippet, what", [
+    ("import sys\nsys.modules['fastkernels.measure.unit']._compare = print\n", "`sys.modules` reaches every loaded module"),
+    ("from sys import modules\n", "importing 'sys.modules'"),
+    ("import sys\nF = sys._getframe\n", "`sys._getframe` reaches the callers' frames"),
+    ("import inspect\n", "importing 'inspect' reaches call-stack and frame inspection"),
+    ("import gc\n", "importing 'gc'"),
+    ("import importlib\n", "importing 'importlib'"),
+    ("import builtins\n", "importing 'builtins'"),
+    ("def f(e):\n    return e.__traceback__.tb_frame.f_back\n", "`.f_back` reaches the caller's frame"),
+    ("X = __import__('fastkernels')\n", "`__import__` reaches the import system"),
+    ("X = object.__subclasses__()\n", "`.__subclasses__` reaches every class"),
+    ("torch.cuda.synchronize = lambda: None\n", "assigning `torch.cuda.synchronize`"),
+    ("from triton.runtime.jit import JITFunction\nJITFunction.run = None\n", "assigning `JITFunction.run`"),
+    ("setattr(torch, 'rsqrt', None)\n", "`setattr(torch, ...)`"),
+    ("del torch.nn.functional.silu\n", "assigning `torch.nn.functional.silu`"),
+    ("exec('import gc')\n", "`exec(...)` reaches code no one can read"),
+])
+def test_reaching_the_process_around_the_kernel_is_rejected_statically(snippet, what):
+    from fastkernels.judge.validate import static_check
+
+    r = static_check(GOOD + "\n" + snippet, "RMSNorm")
+    assert r is not None and r.stage == "static" and what in r.error, r and r.error
+    first = GOOD.count("\n") + 2  # the snippet's first line
+    assert first <= r.line < first + snippet.count("\n"), r.error  # a line of the snippet
+
+
+def test_a_kernel_keeping_its_own_state_is_not_reaching_out():
+    from fastkernels.judge.validate import static_check
+
+    code = GOOD.replace("        self.variance_epsilon = eps\n",
+                        "        self.variance_epsilon = eps\n        setattr(self, 'cache', None)\n"
+                        "        self.cache = {}\n")
+    assert static_check(code, "RMSNorm") is None

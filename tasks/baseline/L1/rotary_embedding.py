@@ -87,7 +87,11 @@ def make_inputs(config, shape, dtype, device, generator):
     b, s, d = shape["batch"], shape["seq"], shape["head_dim"]
     q = torch.randn(b, shape["heads"], s, d, dtype=torch.float32, device=device, generator=generator)
     k = torch.randn(b, shape["kv_heads"], s, d, dtype=torch.float32, device=device, generator=generator)
-    cos, sin = rotary_cos_sin(config, b, s, shape["past"], dtype, device)
+    # positions from a random start at or past the shape's (every seed its own angles: a kernel
+    # cannot keep a table of its own), within the model's context
+    room = max(1, getattr(config, "max_position_embeddings", 4096) - shape["past"] - s)
+    start = shape["past"] + int(torch.randint(0, room, (1,), generator=generator, device=generator.device))
+    cos, sin = rotary_cos_sin(config, b, s, start, dtype, device)
     return q.to(dtype), k.to(dtype), cos, sin
 
 

@@ -1,0 +1,617 @@
+"""The candidate's side of the unit benchmark: what runs in the one process that imports it.
+
+This process is not trusted with anything that decides the verdict. It imports the candidate,
+runs it on inputs whose seeds the parent chose, and writes what it returned to files in an exchange
+folder the parent made; a clean process that never imported the candidate (fastkernels.judge.referee)
+recomputes the same inputs, the baseline and the fp32 reference, and compares. So a candidate that
+rewrites the harness at import, or writes a result file of its own, changes nothing but its own
+outputs: a wrong output fails, a missing one fails.
+
+What this side still checks (honest mistakes, each reported with a reason; a self-reported failure
+can only hurt the candidate): the forward raises; an output shares memory with an input or with an
+earlier call's output; an input was changed in place (the referee checks the saved inputs again);
+no kernel of the candidate's own ran (a Triton launch under the interpreter; on a GPU, the profiler
+sees none of its kernels, a kernel ran on another stream, or with --cuda-only a framework kernel
+computed). Before every call, freed allocator memory is filled with 0xFF (NaN in every float format),
+so an output element the kernel never wrote reads as NaN.
+
+Timing (GPU only, after the referee has accepted a shape's outputs; the parent says which shapes by
+writing `go.json`): the candidate alone, on a pool of distinct input sets (seeds from the parent),
+each input's version counter bumped before every call (a cache keyed on the tensor and its version
+never hits), fastkernels.measure.timing's stopwatch; the last output of every input set is written
+back for the referee to check, and so is one call on the first set refilled in place with new values
+(a cache keyed on the address returns a stale answer). The baselines are timed by the referee.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from fastkernels.sandbox import is_cuda_error
+
+SMALL_SCALE = 2.0**-9  # inputs of RMS ~0.002: variance ~4e-6, comparable to an RMSNorm eps of 1e-5/1e-6
+POISON_BYTE = 0xFF  # NaN as bf16, fp16 and fp32; -1 as an integer
+POOL_BYTES = 2 << 30  # the timing pool of distinct input sets stays under this many bytes
+POOL_SETS = 64  # and has at most this many sets
+TIMED_CHECKS = 8  # outputs of timed calls checked by the referee, per shape
+READY, GO = "ready.json", "go.json"  # the runner's "outputs written" and the parent's "time these shapes"
+GO_TIMEOUT_S = 600.0
+
+
+class Reject(Exception):
+    """A verdict about the candidate for one case, from its own process (it can only fail itself)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The inputs of the correctness samples of every case, chosen by the parent: `fresh` samples at
+    seeds base+1.., one `small` (inputs scaled by SMALL_SCALE), one `refill` (the previous sample's
+    input tensors refilled in place with the next seed's values); baseline weights at
+    `weight_seed`; the timing pool at seeds timing_base.. and the refill after timing at
+    timing_base - 1."""
+
+    base: int
+    samples: int
+    weight_seed: int
+    timing_base: int
+
+    def steps(self) -> list[tuple[str, int]]:
+        fresh = [("fresh", self.base + 1 + i) for i in range(self.samples)]
+        return fresh + [("small", self.base + 1 + self.samples), ("refill", self.base + 2 + self.samples)]
+
+    def timed_checks(self, sets: int) -> list[int]:
+        """Which input sets' timed outputs are written back for the referee to check."""
+        import random
+
+        return sorted(random.Random(self.timing_base).sample(range(sets), min(TIMED_CHECKS, sets)))
+
+    def case_weight_seed(self, shape: str, dtype: str) -> int:
+        import zlib
+
+        return (self.weight_seed + zlib.crc32(f"{shape}/{dtype}".encode())) % (2**31)
+
+    @classmethod
+    def draw(cls, samples: int, seed: int | None = None) -> "Plan":
+        """A plan with seeds nobody knew before this gate (or from `seed`, to reproduce one)."""
+        import random
+        import secrets
+
+        rng = random.Random(seed if seed is not None else secrets.randbits(62))
+        return cls(base=rng.randrange(1, 2**30), samples=samples, weight_seed=rng.randrange(1, 2**30),
+                   timing_base=rng.randrange(2**30, 2**31 - POOL_SETS - 2))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunnerJob:
+    """What the candidate's child is told. `items`: [{code, label, kernel_names, dir}] - one per
+    candidate (run_unit_many runs several in one child, each writing into its own folder)."""
+
+    spec: dict
+    level: int
+    name: str
+    plan: dict
+    items: list
+    cuda_only: bool = False
+    require_kernel: bool = True
+    timing: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunnerJob":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class RunnerCase:
+    shape: str
+    dtype: str
+    reject: str | None = None  # why the candidate's own process already failed this case
+    written: int = 0  # output files written
+
+
+@dataclass
+class RunnerResult:
+    """What the candidate's child reports (untrusted: the referee reads only failures, and timings
+    that it bounds by what the hardware allows)."""
+
+    device: str = ""
+    error: str = ""
+    cases: list = field(default_factory=list)
+    timing: dict = field(default_factory=dict)  # shape -> timing.Comparison.to_dict() of "candidate"
+    phase_seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def spec_from_dict(level: int, name: str, d: dict):
+    from fastkernels.registry.tasks import build_spec
+
+    spec = build_spec(level, name, d["model_id"], d["tiny"])
+    spec.shapes = d["shapes"]
+    spec.init_args = d["init_args"]
+    spec.dtypes = tuple(d["dtypes"])
+    spec.tp = d.get("tp", 1)
+    return spec
+
+
+def case_inputs(spec, shape, dtype, device, what: str, seed: int):
+    """The inputs of one correctness sample (the referee rebuilds the same ones)."""
+    import torch
+
+    from fastkernels.registry.tasks import build_inputs
+
+    fresh = build_inputs(spec, shape, dtype, device, seed)
+    if what == "small":
+        fresh = tuple(x * SMALL_SCALE if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in fresh)
+    return fresh
+
+
+def has_float_input(inputs) -> bool:
+    import torch
+
+    return any(isinstance(x, torch.Tensor) and x.is_floating_point() for x in inputs)
+
+
+def case_file(folder: str, shape: str, dtype: str, k: int) -> str:
+    return os.path.join(folder, f"case-{shape}-{dtype}-{k}.pt")
+
+
+def timed_file(folder: str, shape: str, i: int) -> str:
+    return os.path.join(folder, f"timed-{shape}-{i}.pt")
+
+
+def flatten(obj, path="out"):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [(path, obj)]
+    if isinstance(obj, (tuple, list)):
+        out = []
+        for i, x in enumerate(obj):
+            out += flatten(x, f"{path}[{i}]")
+        return out
+    return [(path, obj)]
+
+
+def save_outputs(path: str, out, inputs=None) -> None:
+    """One call's outputs (and the inputs as they were after it) in a file the referee loads with
+    torch.load(weights_only=True): tensors on the CPU, anything else by its type's name."""
+    import torch
+
+    def plain(x):
+        if isinstance(x, torch.Tensor):
+            return x.detach().to("cpu")
+        return None
+
+    data = {"paths": [p for p, _ in flatten(out)],
+            "tensors": [plain(t) for _, t in flatten(out)],
+            "types": [type(t).__name__ for _, t in flatten(out)],
+            "strides": [list(t.stride()) if isinstance(t, torch.Tensor) else None for _, t in flatten(out)],
+            "inputs": [plain(x) for x in inputs] if inputs is not None else None}
+    tmp = path + ".tmp"
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+
+
+# ---- memory hygiene -----------------------------------------------------------------------
+
+def _storage_span(t):
+    if t.numel() == 0:
+        return None
+    start = t.untyped_storage().data_ptr()
+    return (start, start + t.untyped_storage().nbytes())
+
+
+def _overlaps(a, b) -> bool:
+    return a is not None and b is not None and a[0] < b[1] and b[0] < a[1]
+
+
+def scrub_free_memory(device, sizes: list[int]) -> None:
+    """Fill memory the allocator will hand out next with 0xFF, so an output the candidate never
+    wrote reads as NaN rather than whatever ran last. `sizes`: byte sizes the candidate is likely to
+    allocate (those of its inputs): freed blocks of the same size are reused first, by the CUDA
+    caching allocator and by malloc alike."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    blocks = [torch.empty(max(sum(sizes), 64 << 20 if device.type == "cuda" else 1 << 20), dtype=torch.uint8,
+                          device=device)]
+    blocks += [torch.empty(n, dtype=torch.uint8, device=device) for n in sizes for _ in range(4)]
+    if device.type == "cuda":
+        blocks += [torch.empty(1 << 20, dtype=torch.uint8, device=device) for _ in range(8)]
+    for b in blocks:
+        b.fill_(POISON_BYTE)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    del blocks
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def candidate_frame(exc: BaseException) -> str:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith("candidate.py")]
+    return f" (line {frames[-1].lineno} of the kernel file: `{(frames[-1].line or '').strip()}`)" if frames else ""
+
+
+class Launches:
+    """Counts Triton kernel launches (compiled or interpreted) while the candidate runs."""
+
+    count = 0
+    originals: dict = {}
+
+    @classmethod
+    def install(cls) -> None:
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+            from triton.runtime.jit import JITFunction
+        except ImportError:
+            return
+        for klass in (JITFunction, InterpretedFunction):
+            original = cls.originals.setdefault(klass, klass.run)
+
+            def run(self, *args, _original=original, **kwargs):
+                if not kwargs.get("warmup"):
+                    cls.count += 1
+                return _original(self, *args, **kwargs)
+
+            klass.run = run
+
+    @classmethod
+    def uninstall(cls) -> None:
+        """Put the launchers back (before timing: the counter costs a Python call per launch)."""
+        for klass, original in cls.originals.items():
+            klass.run = original
+
+
+# ---- the candidate's kernels on a GPU -----------------------------------------------------
+
+_ALLOWED_FRAMEWORK = ("fill", "Fill", "memset", "Memset", "memcpy", "Memcpy")
+
+
+def _profile_kernels(fn, args, workdir):
+    """Run fn(*args) under the profiler; the GPU kernels it launched as (name, stream), plus the
+    stream of a marker kernel launched just before it on the caller's stream."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        marker = torch.full((1,), 1.0, device="cuda")
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            fn(*args)
+        torch.cuda.synchronize()
+    path = os.path.join(workdir, "unit_trace.json")
+    prof.export_chrome_trace(path)
+    with open(path) as fh:
+        events = json.load(fh).get("traceEvents", [])
+    os.remove(path)
+    del marker
+    return kernels_from_trace(events)
+
+
+def kernels_from_trace(events: list[dict]):
+    """(stream of the first kernel - the marker -, [(name, stream, duration us) of every later kernel])."""
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e.get("ts", 0))
+    if not kernels:
+        return None, []
+
+    def stream(e):  # Kineto puts the stream in args.stream and, as the trace row, in tid
+        return e.get("args", {}).get("stream", e.get("tid"))
+
+    return stream(kernels[0]), [(e.get("name", ""), stream(e), float(e.get("dur", 0.0))) for e in kernels[1:]]
+
+
+def _kernel_base(name: str) -> str:
+    """A profiled kernel's own name: `void ns::name<T>(args)` -> `name`, a mangled `_Z4nameP...` or
+    `_ZN2ns4nameE...` -> `name`; Triton's kernels carry the function's name."""
+    import re
+
+    if name.startswith("_Z"):
+        nested = name.startswith("_ZN")
+        pos, last = (3 if nested else 2), name
+        while True:
+            m = re.match(r"(\d+)", name[pos:])
+            if not m:
+                return last
+            n = int(m.group(1))
+            start = pos + len(m.group(1))
+            last = name[start:start + n]
+            pos = start + n
+            if not nested or name[pos:pos + 1] == "E":
+                return last
+    head = name.split("(", 1)[0].strip()
+    head = head.split("<", 1)[0].strip()
+    return head.rsplit(" ", 1)[-1].rsplit("::", 1)[-1]
+
+
+OWN_SHARE = 0.5  # the candidate's kernels must be at least this share of the forward's GPU time
+
+
+def judge_kernels(home, kernels, names, launched: int, *, require_kernel: bool, cuda_only: bool) -> None:
+    """The verdict on the kernels one forward launched (from the profiler); raises Reject. A kernel
+    is the candidate's own when its name is exactly one it defines (Triton's compiled kernels carry
+    the function's name; CUDA's are demangled to `name<...>(...)`); the candidate's kernels must do
+    most of the work (OWN_SHARE of the GPU time), not one token launch beside framework kernels."""
+    kernels = [k if len(k) == 3 else (*k, 0.0) for k in kernels]
+    own = [k for k in kernels if _kernel_base(k[0]) in names]
+    off_stream = sorted({k[0] for k in kernels if home is not None and k[1] != home})
+    if off_stream:
+        raise Reject(f"kernel(s) ran on a stream other than the caller's ({', '.join(off_stream)[:200]}): work "
+                     "on a side stream escapes synchronisation and the timer; launch on the current stream")
+    if not require_kernel:
+        return
+    if not own and launched == 0:
+        seen = ", ".join(sorted({k[0][:60] for k in kernels})[:6]) or "none"
+        raise Reject(f"the profiler saw no kernel of the candidate's own ({', '.join(names) or 'it defines none'}) "
+                     f"during forward; kernels that ran: {seen}. The result came from framework ops")
+    compute = [k for k in kernels if k in own or not any(a in k[0] for a in _ALLOWED_FRAMEWORK)]
+    total = sum(k[2] for k in compute)
+    mine = sum(k[2] for k in own)
+    if own and total > 0 and mine < OWN_SHARE * total:
+        others = sorted({_kernel_base(k[0])[:60] for k in compute if k not in own})[:4]
+        raise Reject(f"the candidate's own kernels ran {100 * mine / total:.0f}% of the forward's GPU time; "
+                     f"framework kernels did the rest ({', '.join(others)}): the work must be done by the "
+                     "candidate's kernels, not beside them")
+    if cuda_only:
+        framework = sorted({k[0] for k in kernels if k not in own and not any(a in k[0] for a in _ALLOWED_FRAMEWORK)})
+        if framework:
+            raise Reject(f"--cuda-only: framework compute kernel(s) ran during forward: "
+                         f"{'; '.join(x[:80] for x in framework[:4])}. Do all the computation in your CUDA kernel")
+
+
+# ---- the job ------------------------------------------------------------------------------
+
+def _build(spec, cls, shape, dtype, device, weight_seed):
+    from fastkernels.registry.tasks import build_baseline, dtype_of
+
+    baseline = build_baseline(spec, shape, dtype, device, seed=weight_seed)
+    try:
+        cand = cls(**spec.init_args_for(shape))
+        cand = cand.to(device=device, dtype=dtype_of(dtype)).eval()
+        missing = [k for k in baseline.state_dict() if k not in cand.state_dict()]
+        if missing:
+            raise Reject(f"the candidate has no parameter(s) {', '.join(missing)}; keep the baseline's "
+                         "parameter names so weights load by state dict")
+        cand.load_state_dict(baseline.state_dict(), strict=False)
+    except Reject:
+        raise
+    except Exception as exc:
+        raise Reject(f"building the candidate failed: {type(exc).__name__}: {exc}{candidate_frame(exc)}") from None
+    del baseline
+    return cand
+
+
+def _call(cand, inputs, device):
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = cand(*inputs)
+        _sync(device)
+        return out
+    except Exception as exc:
+        if is_cuda_error(str(exc)):
+            raise  # the context is gone: the job ends, the sandbox reports it
+        raise Reject(f"forward raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                     f"{candidate_frame(exc)}") from None
+
+
+def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan: Plan) -> int:
+    """The correctness samples of one case: outputs (and inputs after the call) to files. Returns
+    how many it wrote; raises Reject for what this process itself can see is wrong."""
+    import torch
+
+    inplace = set(getattr(spec.task(), "INPLACE_INPUTS", ()))
+    if device.type == "cuda" and dtype == spec.dtypes[0]:
+        cand = _build(spec, cls, shape, dtype, device, plan.case_weight_seed(shape, dtype))
+        inputs = case_inputs(spec, shape, dtype, device, "fresh", plan.timing_base - 2)
+        _call(cand, inputs, device)  # compile/autotune outside the trace
+        before = Launches.count
+        home, kernels = _profile_kernels(cand, inputs, os.getcwd())
+        judge_kernels(home, kernels, item["kernel_names"], Launches.count - before,
+                      require_kernel=job.require_kernel, cuda_only=job.cuda_only)
+        del cand, inputs
+    cand = _build(spec, cls, shape, dtype, device, plan.case_weight_seed(shape, dtype))
+    sizes = None
+    previous_outputs = []  # kept alive: an output sharing their memory is a cached result
+    prev_inputs = None
+    written = 0
+    for k, (what, seed) in enumerate(plan.steps()):
+        fresh = case_inputs(spec, shape, dtype, device, what, seed)
+        if what == "small" and not has_float_input(fresh):
+            continue
+        if sizes is None:
+            sizes = sorted({x.numel() * x.element_size() for x in fresh if isinstance(x, torch.Tensor)})
+        if what == "refill" and prev_inputs is not None:
+            with torch.no_grad():
+                for dst, src in zip(prev_inputs, fresh):
+                    if isinstance(dst, torch.Tensor):
+                        dst.copy_(src)
+            inputs = prev_inputs
+        else:
+            inputs = fresh
+        saved = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        scrub_free_memory(device, sizes)
+        before = Launches.count
+        out = _call(cand, inputs, device)
+        launched = Launches.count - before
+        flat = flatten(out)
+        for path, t in flat:
+            if not isinstance(t, torch.Tensor):
+                continue
+            span = _storage_span(t)
+            for i, x in enumerate(inputs):
+                if isinstance(x, torch.Tensor) and i not in inplace and _overlaps(span, _storage_span(x)):
+                    raise Reject(f"{path} shares memory with input #{i}: the kernel returns its input or a "
+                                 "view of it instead of computing a new tensor")
+            for old in previous_outputs:
+                if _overlaps(span, _storage_span(old)):
+                    raise Reject(f"{path} is the same memory as the output of an earlier call with different "
+                                 "inputs: the kernel returns a cached result instead of computing it")
+        for i, (x, keep) in enumerate(zip(inputs, saved)):
+            if isinstance(x, torch.Tensor) and i not in inplace and not torch.equal(x, keep):
+                raise Reject(f"input #{i} was modified in place; the operator must leave its inputs unchanged")
+        if device.type == "cpu" and launched == 0 and job.require_kernel:  # on a GPU the profiler decides
+            raise Reject("no kernel of the candidate's own ran during forward (no Triton launch): the "
+                         "result came from PyTorch ops or the baseline, not from a kernel")
+        save_outputs(case_file(item["dir"], shape, dtype, k), out, inputs)
+        written += 1
+        previous_outputs += [t for _, t in flat if isinstance(t, torch.Tensor)]
+        if what != "refill":
+            prev_inputs = inputs
+    return written
+
+
+def pool_size(first) -> int:
+    """How many distinct input sets the stopwatch rotates through, given the first: as many as fit
+    POOL_BYTES, at most POOL_SETS, at least 2."""
+    import torch
+
+    nbytes = sum(x.numel() * x.element_size() for x in first if isinstance(x, torch.Tensor))
+    return max(2, min(POOL_SETS, POOL_BYTES // max(nbytes, 1)))
+
+
+def timing_pool(spec, shape, dtype, device, plan: Plan) -> list[tuple]:
+    """The input sets the stopwatch rotates through, at seeds plan.timing_base.. (the referee times
+    the baselines on the same ones and rebuilds any of them to check a timed output)."""
+    first = case_inputs(spec, shape, dtype, device, "fresh", plan.timing_base)
+    return [first] + [case_inputs(spec, shape, dtype, device, "fresh", plan.timing_base + i)
+                      for i in range(1, pool_size(first))]
+
+
+def _wait_for_go(folder: str) -> list[str]:
+    path = os.path.join(folder, GO)
+    deadline = time.monotonic() + GO_TIMEOUT_S
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.02)
+    with open(path) as fh:
+        return list(json.load(fh).get("time", []))
+
+
+def _time_candidate(spec, cls, shape, dtype, device, plan: Plan, item: dict) -> dict:
+    import torch
+
+    from fastkernels.measure.timing import compare
+
+    cand = _build(spec, cls, shape, dtype, device, plan.case_weight_seed(shape, dtype))
+    sets = timing_pool(spec, shape, dtype, device, plan)
+    kept: dict = {}
+    with torch.no_grad():
+        cmp = compare({"candidate": cand}, sets, keep=kept)
+        outs = kept.get("candidate", {})
+        for i in plan.timed_checks(len(sets)):
+            if i in outs:
+                save_outputs(timed_file(item["dir"], shape, i), outs[i])
+        refill = case_inputs(spec, shape, dtype, device, "fresh", plan.timing_base - 1)
+        for dst, src in zip(sets[0], refill):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        save_outputs(timed_file(item["dir"], shape, -1), cand(*sets[0]))
+    return {**cmp.to_dict(), "sets": len(sets)}
+
+
+def run_candidate(job: RunnerJob, item: dict, filename: str, module_name: str) -> dict:
+    """One candidate in this process: import, correctness outputs, then (on the parent's word) timing."""
+    t0 = time.perf_counter()
+    import torch
+
+    from fastkernels.gpu.cuda_build import cached_builds
+    from fastkernels.measure import (
+        timing as timing_mod,  # captures the timer functions first
+    )
+    from fastkernels.registry.tasks import load_module
+
+    Launches.install()
+    spec = spec_from_dict(job.level, job.name, job.spec)
+    plan = Plan(**job.plan)
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    result = RunnerResult(device=torch.cuda.get_device_name() if gpu else "cpu")
+    path = os.path.join(os.getcwd(), filename)
+    with open(path, "w") as fh:
+        fh.write(item["code"])
+    phases = result.phase_seconds
+    phases["setup"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with cached_builds():  # a raw CUDA kernel's load_inline: content-cached, built for this GPU
+        module = load_module(path, name=module_name)
+    phases["import_candidate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cls = getattr(module, spec.class_name, None)
+    if not isinstance(cls, type):
+        result.error = f"{item['label']}: the file defines no class {spec.class_name!r}"
+        return result.to_dict()
+    replaced = timing_mod.replaced_timers()
+    if replaced:
+        result.error = (f"{item['label']}: importing the kernel replaced timing functions ({', '.join(replaced)}); "
+                        "a kernel must not touch the harness")
+        return result.to_dict()
+    for shape in spec.shapes:
+        for dtype in spec.dtypes:
+            case = RunnerCase(shape=shape, dtype=dtype)
+            try:
+                case.written = _run_case(spec, cls, shape, dtype, device, job, item, plan)
+            except Reject as rej:
+                case.reject = str(rej)
+            result.cases.append(asdict(case))
+    phases["outputs"] = time.perf_counter() - t0
+    if not (gpu and job.timing):
+        return result.to_dict()
+    with open(os.path.join(item["dir"], READY), "w") as fh:
+        json.dump({"cases": len(result.cases)}, fh)
+    shapes = _wait_for_go(item["dir"])
+    t0 = time.perf_counter()
+    Launches.uninstall()
+    for shape in shapes:
+        try:
+            result.timing[shape] = _time_candidate(spec, cls, shape, spec.dtypes[0], device, plan, item)
+        except Exception as exc:  # noqa: BLE001 - a shape that fails under timing is that shape's verdict
+            if is_cuda_error(str(exc)):
+                raise
+            result.timing[shape] = {"error": f"raised under timing: {type(exc).__name__}: "
+                                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+    replaced = timing_mod.replaced_timers()
+    if replaced:
+        result.error = f"{item['label']}: timing functions were replaced while it ran ({', '.join(replaced)})"
+    phases["timing"] = time.perf_counter() - t0
+    return result.to_dict()
+
+
+def runner_job(payload: dict) -> dict:
+    """Sandbox side of the unit benchmark's candidate run: every item in turn. A candidate that
+    raises while importing is its own verdict; one that replaced timing functions ends the batch
+    (the rest run in a fresh child)."""
+    from fastkernels.measure import timing as timing_mod
+
+    job = RunnerJob.from_dict(payload)
+    results = []
+    for i, item in enumerate(job.items):
+        name = "candidate.py" if len(job.items) == 1 else f"c{i}_candidate.py"
+        try:
+            results.append(run_candidate(job, item, name, f"fk_candidate_{i}"))
+        except Exception as exc:  # noqa: BLE001 - an import that raises is this candidate's verdict
+            text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+            if is_cuda_error(text) or len(job.items) == 1:
+                raise  # one candidate: the sandbox classifies it; several: the parent reruns the rest alone
+            results.append(RunnerResult(error=f"{item['label']}: raised: {text}{candidate_frame(exc)}").to_dict())
+        if timing_mod.replaced_timers():
+            break
+    return {"results": results}
