@@ -66,8 +66,8 @@ class {spec.class_name}(_Honest{spec.class_name}):
 def shape_rows(report, what):
     rows = []
     for s in report.shapes:
-        t = s.timing or {}
-        dev = t.get("device", {})
+        t = s.timing or {}  # the candidate's own stopwatch and the referee's for the baselines
+        dev = {**((t.get("baselines") or {}).get("device") or {}), **((t.get("candidate") or {}).get("device") or {})}
         rows.append({"op": report.op, "what": what, "shape": s.shape, "dims": s.dims, "dtype": s.dtype,
                      "passed": s.passed, "eager_ms": s.baseline_eager_ms, "compile_ms": s.baseline_compile_ms,
                      "candidate_ms": s.candidate_ms, "speedup_vs_eager": s.speedup_vs_eager,
