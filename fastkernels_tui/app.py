@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -47,6 +48,20 @@ from fastkernels_tui.widgets.steering import SteeringBar
 
 HERE = Path(__file__).parent
 ENGINE_GROUPS = ("engine", "pipeline", "op", "edit", "review", "steer", "e2e")
+# How long a quit during a run waits for the engine to record the run as cancelled (its jobs are
+# already killed; a library-backed run takes well under a second to wind down).
+QUIT_GRACE_S = 1.5
+
+
+class _UiExecutor(ThreadPoolExecutor):
+    """The loop's default executor (where thread workers run). When the loop closes, asyncio joins
+    its threads; after a quit that cancelled a run (`wait_at_close = False`), a thread still winding
+    down (a network read, say) must not hold the terminal: `cli.run` ends the process instead."""
+
+    wait_at_close = True
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait and self.wait_at_close, cancel_futures=cancel_futures or not self.wait_at_close)
 
 
 class MetricsSampled(Message):
@@ -104,6 +119,8 @@ class FastKernelsApp(App):
         self.our_themes: list[str] = []
         self.last_metrics: MetricsSnapshot | None = None
         self._reviews: list[threading.Event] = []  # one per approve/reject job, set when it is done
+        self._executor: _UiExecutor | None = None
+        self.cancelled_work = False  # quit while work ran (its threads may still be winding down)
 
     # ---- start ----------------------------------------------------------------------------
     @property
@@ -113,7 +130,8 @@ class FastKernelsApp(App):
     async def on_mount(self) -> None:
         # Long-lived workers (metrics, the run, per-op jobs, e2e) each hold a thread; asyncio's
         # default pool is min(32, cores + 4) = 6 threads on a 2-core machine, too few.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, thread_name_prefix="fk-ui-worker"))
+        self._executor = _UiExecutor(32, thread_name_prefix="fk-ui-worker")
+        asyncio.get_running_loop().set_default_executor(self._executor)
         themes, warnings = load_themes()
         for theme in themes:
             self.register_theme(theme)
@@ -464,13 +482,29 @@ class FastKernelsApp(App):
 
         def chosen(choice: str | None) -> None:
             if choice == "quit":
-                if self.agent is not None:
-                    self.agent.cancel()
-                for w in self.workers:
-                    w.cancel()
-                self.exit()
+                self.cancel_and_exit()
 
         self.push_screen(ConfirmQuit(jobs), chosen)
+
+    def cancel_and_exit(self) -> None:
+        """Quit while work runs: the engine cancels its run and kills its sandboxed jobs at once; the
+        app waits up to QUIT_GRACE_S for the run to record itself as cancelled, then exits."""
+        self.main.add_log("quitting: cancelling the run and killing its jobs")
+        self.cancelled_work = True
+        if self._executor is not None:
+            self._executor.wait_at_close = False
+        if self.agent is not None:
+            self.agent.cancel(kill_jobs=True)
+        started = time.monotonic()
+
+        def settled() -> None:
+            if self._busy(*ENGINE_GROUPS) and time.monotonic() - started < QUIT_GRACE_S:
+                return
+            for w in self.workers:
+                w.cancel()
+            self.exit()
+
+        self.set_interval(0.05, settled)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,11 +42,23 @@ def options_from_args(args: argparse.Namespace, gpu: bool | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+    import threading
+
     from fastkernels_tui.app import FastKernelsApp
 
     app = FastKernelsApp(options_from_args(args))
     app.run()
-    return int(app.return_code or 0)
+    code = int(app.return_code or 0)
+    if app.cancelled_work and any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                                  if t is not threading.current_thread()):
+        # A cancelled run's thread is still winding down (its sandboxed jobs are already killed, and
+        # its run recorded as cancelled if it got that far): Python would wait for it at exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def command():

@@ -214,8 +214,14 @@ class Agent:
             raise GenerationCancelled(f"{op}: run cancelled")
         self.emit(ev.TextDelta(op=op, attempt=attempt, text=text))
 
-    def cancel(self) -> None:
+    def cancel(self, kill_jobs: bool = False) -> None:
+        """Stop the run: queued operators never start, streams stop at their next delta, attempts at
+        their next check. `kill_jobs` also kills the sandboxed jobs running now (a unit test or the
+        end-to-end benchmark can take minutes), for a front end that is quitting; their attempts are
+        not recorded as failures of the kernel."""
         self._cancelled.set()
+        if kill_jobs:
+            kill_sandboxed_jobs()
 
     @property
     def cancelled(self) -> bool:
@@ -409,6 +415,11 @@ class Agent:
             if state.code is not None:
                 state.previous_code = state.code
             passed, err, stage = self._check(state, new_code)
+            if self.cancelled and not passed:  # its job was killed by cancel(): says nothing of the kernel
+                state.last_error = "cancelled before its checks finished"
+                self._set(state, OpStatus.PENDING)
+                self._save(state)
+                return state
             code = new_code
             tracker.log_attempt(op, attempt, prompt=prompt_text(prompt), reply=completion.text, code=new_code,
                                 error=err, level=spec.level, backend=self.backend.label,
@@ -476,6 +487,8 @@ class Agent:
             kwargs["tp"] = self.config.tp
         report = run_benchmark(self.config.model, self.config.level, candidates=candidates,
                                tiny=self.config.tiny, sink=self.sink, **kwargs)
+        if self.cancelled:  # its jobs were killed by cancel(): the report is not a verdict
+            return None
         self.e2e_report = report
         _atomic_write(self.config.out_dir / f"L{self.config.level}" / "e2e.json",
                       json.dumps(report.to_dict(), indent=2, default=str))
@@ -546,11 +559,12 @@ class Agent:
             except KeyboardInterrupt:
                 interrupted = True
                 self.cancel()
-            summary = {**self.summary(), "interrupted": interrupted}
+            cancelled = self.cancelled and not interrupted  # cancel() from a front end (the cockpit's quit)
+            summary = {**self.summary(), "interrupted": interrupted or cancelled, "cancelled": cancelled}
             _atomic_write(self.summary_path(), json.dumps(summary, indent=2, default=str))
             tracker.log_metrics({"kernels_passing": summary["passing"], "kernels_total": summary["total"]})
-            tracker.set_status("interrupted" if interrupted else "finished")
-        self.emit(ev.RunFinished(summary=summary, interrupted=interrupted))
+            tracker.set_status("interrupted" if interrupted else "cancelled" if cancelled else "finished")
+        self.emit(ev.RunFinished(summary=summary, interrupted=interrupted or cancelled))
         return summary
 
     def summary_path(self) -> Path:
@@ -575,6 +589,32 @@ class Agent:
             "passing": sum(r["correct"] for r in rows), "total": len(rows),
             "e2e": self.e2e_report.to_dict() if self.e2e_report is not None else None,
         }
+
+
+def kill_sandboxed_jobs() -> int:
+    """SIGKILL every sandboxed job this process started (fastkernels.sandbox children lead a session
+    of their own, so their whole process group goes: compilers and worker pools too) and end the
+    children waiting for a job. Returns how many running jobs were killed."""
+    import signal
+
+    import psutil
+
+    from fastkernels.sandbox import shutdown_warm
+
+    shutdown_warm()
+    killed = 0
+    for child in psutil.Process().children():
+        try:
+            is_job = any("fastkernels.sandbox import _child_main" in part for part in child.cmdline())
+        except psutil.Error:  # gone already
+            continue
+        if is_job:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
 
 
 def __getattr__(name: str):

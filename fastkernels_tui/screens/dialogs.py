@@ -39,9 +39,14 @@ class ChoiceScreen(ModalScreen[str]):
 
 
 class ConfirmQuit(ChoiceScreen):
+    BINDINGS = [Binding("q", "quit_now", "Quit", id="dialog_quit")]  # q q quits a running cockpit
+
     def __init__(self, running: list[str]) -> None:
         what = ", ".join(running)
         super().__init__(
-            f"Work is running ({what}).\nQuit anyway? In-flight jobs are cancelled; kernels already "
-            "saved stay on disk.",
+            f"Work is running ({what}).\nQuit anyway? The run is cancelled and its jobs are killed; "
+            "kernels already saved stay on disk.\nq or enter quits, escape keeps working.",
             [("quit", "Quit"), ("stay", "Keep working")], cancel_id="stay")
+
+    def action_quit_now(self) -> None:
+        self.dismiss("quit")

@@ -234,6 +234,6 @@ class FakeAgent:
         self.emit(ev.E2EResult(passed=True, report=report))
         return report
 
-    def cancel(self) -> None:
-        self.calls.append(("cancel",))
+    def cancel(self, kill_jobs: bool = False) -> None:
+        self.calls.append(("cancel", kill_jobs))
         self._cancel.set()

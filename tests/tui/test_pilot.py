@@ -297,7 +297,7 @@ async def test_quit_asks_while_work_runs_and_cancels(make_app):
         await pilot.click("#quit")
         hold.set()
         await pilot.pause(0.2)
-        assert ("cancel",) in agents[0].calls
+        assert ("cancel", True) in agents[0].calls
     assert app.return_code == 0
 
 
