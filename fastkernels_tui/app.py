@@ -202,6 +202,13 @@ class FastKernelsApp(App):
         self.main.auto_approve = self.options.auto_approve
         self.main.set_ops(self.options.title, self.options.level, views)
         agent.publish()  # every operator's state (kernels resumed from disk included), as events
+        resumed = {name: st for name, st in getattr(agent, "states", {}).items() if getattr(st, "path", None)}
+        for name, st in resumed.items():
+            status = getattr(st.status, "value", st.status)
+            self.main.views[name].add(f"· resumed from {st.path} ({status}); r regenerates it\n")
+        if resumed:
+            self.main.select(self.main.selected)  # its stream pane shows the line just added
+            self.main.add_log(f"resumed {len(resumed)} kernel(s) from {self.options.out_dir}; g generates the others")
         self._update_title()
         self.main.add_log(f"{len(views)} operators · backend {getattr(agent.backend, 'label', '?')} · g generates all")
         if self.options.start:

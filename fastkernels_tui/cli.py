@@ -22,6 +22,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-approve", action="store_true",
                    help="no review: every correct kernel is approved and the run ends with the e2e benchmark")
     p.add_argument("--start", action="store_true", help="generate every operator at once (as pressing g)")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore the kernels already in the output folder (by default the cockpit shows and "
+                        "continues them: g generates only the operators without an accepted kernel)")
     p.add_argument("--cuda-only", action="store_true", help="raw CUDA kernels only")
     p.add_argument("--max-retries", type=int, default=5, help="attempts after the first, per operator")
     p.add_argument("--out-dir", default="tasks/candidate", help="where kernels are saved (default tasks/candidate)")
@@ -37,7 +40,7 @@ def options_from_args(args: argparse.Namespace, gpu: bool | None = None):
     return resolve_defaults(
         args.model, level, args.tiny, args.llm_model, gpu=gpu, llm_base_url=args.llm_base_url,
         auto_approve=args.auto_approve, cuda_only=args.cuda_only, max_retries=args.max_retries,
-        out_dir=Path(args.out_dir), theme=args.theme, start=args.start,
+        out_dir=Path(args.out_dir), theme=args.theme, start=args.start, resume=not args.fresh,
     )
 
 

@@ -28,6 +28,7 @@ class SessionOptions:
     out_dir: Path = Path("tasks/candidate")
     theme: str | None = None
     start: bool = False  # generate every operator as soon as they are discovered (no `g` needed)
+    resume: bool = True  # continue the kernels already in out_dir (the agent's --resume)
     notes: list[str] = field(default_factory=list)  # what the defaults decided, said at start
 
     def with_(self, **kw) -> "SessionOptions":
@@ -78,6 +79,7 @@ def real_agent_factory(opts: SessionOptions, sink) -> Any:
         model=opts.model, level=opts.level, tiny=opts.tiny, llm_model=opts.llm_model,
         llm_base_url=opts.llm_base_url, cuda_only=opts.cuda_only, max_retries=opts.max_retries,
         concurrency=opts.concurrency, out_dir=Path(opts.out_dir), auto_approve=opts.auto_approve,
+        resume=opts.resume,
         # With review on, the end-to-end benchmark waits for approvals (`b`): run at the end of a
         # generation it could only say "no accepted kernel".
         e2e=opts.auto_approve,

@@ -58,8 +58,10 @@ def test_cli_start_flag_and_review_mode_agent(tmp_path):
     parser = argparse.ArgumentParser()
     add_args(parser)
     opts = options_from_args(parser.parse_args(["--tiny", "--llm-model", "library", "--start"]), gpu=False)
-    assert opts.start and not opts.auto_approve
+    assert opts.start and not opts.auto_approve and opts.resume  # the output folder is continued
+    assert not options_from_args(parser.parse_args(["--tiny", "--fresh"]), gpu=False).resume
     review = real_agent_factory(opts.with_(out_dir=Path(tmp_path)), lambda e: None)
     assert not review.config.e2e and not review.config.auto_approve  # e2e waits for approvals (b)
+    assert review.config.resume
     auto = real_agent_factory(opts.with_(auto_approve=True, out_dir=Path(tmp_path)), lambda e: None)
     assert auto.config.e2e and auto.config.auto_approve  # no review: the run ends end to end
