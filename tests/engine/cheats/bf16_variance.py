@@ -1,0 +1,52 @@
+"""Cheat: an RMSNorm that keeps the sum of squares in bf16 (rounded after every element), so
+every output row is off by a factor near 1: each element within bf16's flat 2%."""
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+
+@triton.jit
+def _rms_norm_row(x_ptr, w_ptr, out_ptr, n_cols, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    # the sum of squares kept in bf16: the running sum is rounded to bf16 after every element
+    sq = (x * x).to(tl.bfloat16).to(tl.float32)
+    acc = tl.sum(tl.where(cols == 0, sq, 0.0), axis=0).to(tl.bfloat16).to(tl.float32)
+    for i in range(1, BLOCK):
+        acc = (acc + tl.sum(tl.where(cols == i, sq, 0.0), axis=0)).to(tl.bfloat16).to(tl.float32)
+    var = acc / n_cols
+    h = x * (1.0 / tl.sqrt(var + eps))
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    # round to the input dtype before the weight multiply, as the baseline does
+    y = w * h.to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + row * n_cols + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# The launch as a PyTorch operator (namespace: this module's name, unique per load), so a model that
+# calls it compiles with torch.compile(fullgraph=True) and is captured by CUDA graphs.
+@torch.library.custom_op(f"{__name__.replace('.', '_')}::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    rows, cols = x.shape
+    _rms_norm_row[(rows,)](x, weight, out, cols, eps, BLOCK=triton.next_power_of_2(cols))
+    return out
+
+
+@rms_norm.register_fake
+def _(x, weight, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.variance_epsilon)
