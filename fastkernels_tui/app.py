@@ -260,7 +260,12 @@ class FastKernelsApp(App):
             exc = worker.error
             text = str(exc) if isinstance(exc, FastKernelsError) else f"{type(exc).__name__}: {exc}"
             self.main.add_log(f"✗ {worker.name}: {text}")
-            self.notify(text, title=worker.name, severity="error", timeout=8)
+            if worker.name == "discover":  # no engine: the whole message, not 4 lines of a small pane
+                self.push_screen(ChoiceScreen(f"The engine did not start:\n{text}",
+                                              [("setup", "Setup…"), ("close", "Close")], cancel_id="close"),
+                                 lambda choice: choice == "setup" and self.action_setup())
+            else:
+                self.notify(text, title=worker.name, severity="error", timeout=8)
         self._update_title()
 
     def running(self) -> list[str]:

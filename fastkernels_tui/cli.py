@@ -27,7 +27,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "continues them: g generates only the operators without an accepted kernel)")
     p.add_argument("--cuda-only", action="store_true", help="raw CUDA kernels only")
     p.add_argument("--max-retries", type=int, default=5, help="attempts after the first, per operator")
-    p.add_argument("--out-dir", default="tasks/candidate", help="where kernels are saved (default tasks/candidate)")
+    p.add_argument("--out", "--out-dir", dest="out_dir", default="tasks/candidate",
+                   help="where kernels are saved (default tasks/candidate), as `fastkernels agent --out`")
 
 
 def options_from_args(args: argparse.Namespace, gpu: bool | None = None):

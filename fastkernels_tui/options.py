@@ -55,7 +55,12 @@ def resolve_defaults(model: str | None, level: int | None, tiny: bool, llm_model
         tiny = True
         notes.append(f"No NVIDIA GPU here: starting on the tiny {DEFAULT_MODEL} at level {level or 1} "
                      "(Triton interpreter; timings are not meaningful).")
-    return SessionOptions(model=model or DEFAULT_MODEL, level=int(level or 1), tiny=tiny,
+    from fastkernels.models.catalog import check_fits_without_gpu, resolve
+
+    model = model or DEFAULT_MODEL
+    resolve(model, tiny)  # an unknown model: its one-line error now, in the terminal
+    check_fits_without_gpu(model, tiny, gpu)  # the end-to-end benchmark (b) must fit
+    return SessionOptions(model=model, level=int(level or 1), tiny=tiny,
                           llm_model=llm_model or DEFAULT_LLM, notes=notes, **rest)
 
 
@@ -74,6 +79,10 @@ AgentFactory = Callable[[SessionOptions, Callable], Any]
 def real_agent_factory(opts: SessionOptions, sink) -> Any:
     """The engine's Agent for these options (imported late: the app starts before torch loads)."""
     from fastkernels.agent.agent import Agent, AgentConfig
+    from fastkernels.models.catalog import check_fits_without_gpu
+    from fastkernels.sandbox import cuda_present
+
+    check_fits_without_gpu(opts.model, opts.tiny, gpu=cuda_present())  # `b` runs it end to end
 
     config = AgentConfig(
         model=opts.model, level=opts.level, tiny=opts.tiny, llm_model=opts.llm_model,

@@ -87,6 +87,11 @@ class AgentConfig:
             raise UsageError("--concurrency must be at least 1")
         if self.tp < 1:
             raise UsageError("--tp must be at least 1")
+        if self.e2e and not self.tiny:  # refused now, not by the OOM killer minutes in
+            from fastkernels.models.catalog import check_fits_without_gpu
+            from fastkernels.sandbox import cuda_present
+
+            check_fits_without_gpu(self.model, self.tiny, gpu=cuda_present())
         if self.tp > 1:
             from fastkernels.models.catalog import resolve
             from fastkernels.models.sharding import check_tp, check_tp_level

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from fastkernels.errors import UsageError
+from fastkernels.errors import ResourceError, UsageError
 from fastkernels.models.hf import FAMILY_PREFIX
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -145,3 +145,27 @@ def estimate_params(cfg: dict) -> int:
         mlp = 3 * h * cfg["intermediate_size"]
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings") else 2)
     return layers * (attn + mlp + 2 * h) + embed + h
+
+
+# What an end-to-end run on a machine without a GPU holds (fastkernels.measure.e2e_child): the bf16
+# weights and, for the noise floor, every parameter cast to fp32 at once (the layer-at-a-time cast
+# is for a GPU short of memory): 2 + 4 bytes a parameter. Llama-3.1-8B (8.0e9 parameters) needs
+# 45 GiB that way; on a 24 GB machine the OOM killer ended the run 2.5 minutes in.
+CPU_E2E_BYTES_PER_PARAM = 6
+
+
+def check_fits_without_gpu(model_id: str, tiny: bool, gpu: bool, available: int | None = None) -> None:
+    """Refuse up front a full-size model on a machine without a GPU whose end-to-end run cannot fit
+    in free RAM (`available` bytes, default what the OS reports), with both figures."""
+    if tiny or gpu:
+        return
+    need = resolve(model_id).param_count() * CPU_E2E_BYTES_PER_PARAM
+    if available is None:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    if need > available:
+        raise ResourceError(
+            f"{model_id} needs about {need / 2**30:.0f} GiB of RAM end to end without a GPU (bf16 weights "
+            f"and an fp32 copy for the noise floor) and {available / 2**30:.1f} GiB is free: add --tiny "
+            "for the same architecture shrunk")

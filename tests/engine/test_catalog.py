@@ -183,3 +183,25 @@ def test_tiny_model_generates_in_bf16(family):
     assert out.sequences.shape == (2, 8) and int(out.sequences.max()) < 512
     assert next(model.parameters()).dtype == torch.bfloat16
     assert len(out.logits) == 3 and all(torch.isfinite(step).all() for step in out.logits)
+
+
+def test_full_size_model_without_gpu_is_refused_up_front_with_the_memory_figure(monkeypatch):
+    from fastkernels.agent.agent import AgentConfig
+    from fastkernels.models.catalog import check_fits_without_gpu
+
+    llama = "meta-llama/Llama-3.1-8B-Instruct"
+    free = 24 * 2**30  # the 24 GB machine where the OOM killer ended the run
+    with pytest.raises(ResourceError, match=r"needs about 45 GiB of RAM .* 24\.0 GiB is free: add --tiny"):
+        check_fits_without_gpu(llama, tiny=False, gpu=False, available=free)
+    check_fits_without_gpu(llama, tiny=True, gpu=False, available=free)  # the tiny variant runs
+    check_fits_without_gpu(llama, tiny=False, gpu=True, available=free)  # a GPU run loads it there
+    check_fits_without_gpu("meta-llama/Llama-3.2-1B-Instruct", tiny=False, gpu=False, available=free)
+    # the agent refuses when it is configured, before anything runs (unless it skips the e2e run)
+    import psutil
+
+    monkeypatch.setattr("fastkernels.sandbox.cuda_present", lambda: False)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": free})())
+    with pytest.raises(ResourceError, match="45 GiB"):
+        AgentConfig(model=llama, level=1)
+    AgentConfig(model=llama, level=1, e2e=False)
+    AgentConfig(model=llama, level=1, tiny=True)

@@ -40,3 +40,22 @@ def test_help_text(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--llm-model" in out and "--auto-approve" in out and "--theme" in out
+
+
+def test_out_as_the_agent_spells_it_and_out_dir_still_works(tmp_path):
+    for flag in ("--out", "--out-dir"):
+        opts = options_from_args(build_parser().parse_args(["tui", flag, str(tmp_path)]), gpu=False)
+        assert str(opts.out_dir) == str(tmp_path)
+
+
+def test_unknown_model_and_a_model_too_big_for_a_cpu_fail_before_the_app_starts(capsys, monkeypatch):
+    assert main(["tui", "--model", "foo/bar"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'foo/bar'" in err and "Known models:" in err and "Traceback" not in err
+    import psutil
+
+    monkeypatch.setattr("fastkernels_tui.options.has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 24 * 2**30})())
+    assert main(["tui", "--model", "meta-llama/Llama-3.1-8B-Instruct"]) == 2
+    err = capsys.readouterr().err
+    assert "needs about 45 GiB of RAM" in err and "24.0 GiB is free" in err and "--tiny" in err

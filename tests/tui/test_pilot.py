@@ -329,7 +329,7 @@ def test_defaults_without_gpu_pick_the_tiny_llama_and_say_so():
     assert "No NVIDIA GPU" in opts.notes[0] and "tiny" in opts.notes[0]
     full = resolve_defaults(None, None, False, None, gpu=True)
     assert not full.tiny and not full.notes
-    named = resolve_defaults("Qwen/Qwen3-8B", 2, False, "library", gpu=False)
+    named = resolve_defaults("Qwen/Qwen3-8B", 2, False, "library", gpu=True)
     assert not named.tiny and named.level == 2  # an explicit model is taken as asked
 
 
@@ -420,3 +420,19 @@ async def test_setup_screen_rebuilds_the_engine(make_app):
         await pilot.click("#setup-apply")
         await until(pilot, lambda: len(agents) == 2 and app.agent is agents[1], what="new engine")
         assert agents[1].options.auto_approve and app.options.auto_approve
+
+
+async def test_an_engine_that_cannot_start_shows_its_whole_error(make_app, tmp_path):
+    from fastkernels_tui.app import FastKernelsApp
+
+    from .conftest import FixedSampler
+
+    opts = SessionOptions(model="foo/bar", tiny=True, llm_model="library", out_dir=tmp_path / "candidate",
+                          theme="fastkernels-ember")
+    app = FastKernelsApp(opts, sampler=FixedSampler(gpu=False), mask_times=True, remember=False)  # the real engine
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen), timeout=60, what="the error dialog")
+        text = static_text(app.screen.query_one("#dialog-message", Static))
+        assert "unknown model 'foo/bar'" in text and "mistralai/Mixtral-8x7B-Instruct-v0.1" in text
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ChoiceScreen)
