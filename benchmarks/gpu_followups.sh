@@ -7,6 +7,12 @@
 #   binding         decode patched with the baseline files vs unpatched: tiny model (host-bound,
 #                   the worst case for binding cost) and the full 8B model
 #   cuda_tests      the GPU-marked raw-CUDA tests (every registry width, build errors on the GPU)
+#   compile_e2e     compiled vs compiled end to end (issue 20): HF generate, static cache,
+#                   transformers' compile, unpatched vs L1- and L2-patched Llama-3.1-8B shape
+#   compile_check   each L1/L2 library op at 8B shapes under fullgraph compile + CUDA graphs vs
+#                   eager, and a tiny patched Llama through HF's static-cache compile path
+#                   (these two fill one call: "compile_e2e compile_check"; their limits in seconds
+#                   are COMPILE_E2E_S and COMPILE_CHECK_S, default 330 and 150)
 # Run from the repository root on the GPU machine; results land in $OUT/followups (default OUT
 # /tmp/fk-gpu), packed as $OUT/followups.tgz, with one status line per step in $OUT/status.txt.
 #
@@ -29,7 +35,10 @@ for s in $STEPS; do
     binding) step binding_tiny 90 python3 benchmarks/binding_overhead.py --device cuda --steps 300 --rounds 15
              step binding_full 150 python3 benchmarks/binding_overhead.py --device cuda --full --steps 50 --rounds 3 ;;
     cuda_tests) step cuda_tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_cuda_build.py ;;
-    *) echo "unknown step: $s (gate_wall, unit_fairness, binding, cuda_tests)" | tee -a "$OUT/status.txt" ;;
+    compile_e2e) step compile_e2e "${COMPILE_E2E_S:-330}" python3 benchmarks/compile_e2e.py --rounds 4 --budget-s 30 --out "$R/compile_e2e" ;;
+    compile_check) step compile_check "${COMPILE_CHECK_S:-150}" python3 benchmarks/compile_check.py --out "$R/compile_check.json" ;;
+    *) echo "unknown step: $s (gate_wall, unit_fairness, binding, cuda_tests, compile_e2e, compile_check)" \
+         | tee -a "$OUT/status.txt" ;;
   esac
 done
 tar czf "$OUT/followups.tgz" -C "$OUT" followups
