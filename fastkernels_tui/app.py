@@ -56,7 +56,7 @@ QUIT_GRACE_S = 1.5
 class _UiExecutor(ThreadPoolExecutor):
     """The loop's default executor (where thread workers run). When the loop closes, asyncio joins
     its threads; after a quit that cancelled a run (`wait_at_close = False`), a thread still winding
-    down (a network read, say) must not hold the terminal: `cli.run` ends the process instead."""
+    down (a network read, say) must not hold the terminal: `cli.run` ends the process without it."""
 
     wait_at_close = True
 
@@ -120,7 +120,6 @@ class FastKernelsApp(App):
         self.last_metrics: MetricsSnapshot | None = None
         self._reviews: list[threading.Event] = []  # one per approve/reject job, set when it is done
         self._executor: _UiExecutor | None = None
-        self.cancelled_work = False  # quit while work ran (its threads may still be winding down)
 
     # ---- start ----------------------------------------------------------------------------
     @property
@@ -202,10 +201,10 @@ class FastKernelsApp(App):
         self.main.auto_approve = self.options.auto_approve
         self.main.set_ops(self.options.title, self.options.level, views)
         agent.publish()  # every operator's state (kernels resumed from disk included), as events
-        resumed = {name: st for name, st in getattr(agent, "states", {}).items() if getattr(st, "path", None)}
-        for name, st in resumed.items():
-            status = getattr(st.status, "value", st.status)
-            self.main.views[name].add(f"· resumed from {st.path} ({status}); r regenerates it\n")
+        resumed = {name: getattr(st.status, "value", st.status) for name, st in getattr(agent, "states", {}).items()
+                   if getattr(st, "path", None) and getattr(st.status, "value", st.status) != "pending"}
+        for name, status in resumed.items():
+            self.main.views[name].add(f"· resumed from {agent.states[name].path} ({status})\n")
         if resumed:
             self.main.select(self.main.selected)  # its stream pane shows the line just added
             self.main.add_log(f"resumed {len(resumed)} kernel(s) from {self.options.out_dir}; g generates the others")
@@ -502,7 +501,6 @@ class FastKernelsApp(App):
         """Quit while work runs: the engine cancels its run and kills its sandboxed jobs at once; the
         app waits up to QUIT_GRACE_S for the run to record itself as cancelled, then exits."""
         self.main.add_log("quitting: cancelling the run and killing its jobs")
-        self.cancelled_work = True
         if self._executor is not None:
             self._executor.wait_at_close = False
         if self.agent is not None:
