@@ -1,23 +1,20 @@
-"""Benchmark panels: the unit results of the selected operator per shape (table and bar chart of
-speedups), and the end-to-end panel (progress, then the report)."""
+"""Benchmark panels: the unit results of the selected operator per shape (table and a plot of its
+speedups), and the end-to-end panel (progress, then the report with a plot of decode tokens/s)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, ProgressBar, Static
+from textual_plotext import PlotextPlot
 
 from fastkernels_tui.views import OpView, unit_rows
 
 if TYPE_CHECKING:
     from fastkernels.measure.e2e import E2EReport
-
-BAR = "█"
-
 
 def _fmt(x: float | None, spec: str) -> str:
     return "—" if x is None else format(x, spec)
@@ -27,22 +24,35 @@ def _short(dtype: str) -> str:
     return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
 
 
-def speedup_bars(rows, width: int = 30) -> Table:
-    """One bar per shape: candidate speedup vs eager baseline, a tick at 1.0×."""
-    table = Table(box=None, show_header=False, padding=(0, 1), expand=False)
-    table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True)
-    table.add_column(justify="right", no_wrap=True)
-    top = max([r.speedup for r in rows if r.speedup] + [1.0])
-    for r in rows:
-        s = r.speedup or 0.0
-        n = int(round(width * s / top))
-        one = int(round(width * 1.0 / top))
-        bar = Text(BAR * n, style="green" if s >= 1.0 else "red")
-        if n < one:
-            bar.append(" " * (one - n - 1) + "│", style="dim")
-        table.add_row(f"{r.shape} {_short(r.dtype)}".strip(), bar, f"{s:.2f}×" if r.speedup else "—")
-    return table
+def plot_speedups(plot: PlotextPlot, rows) -> None:
+    """Grouped bars per shape: device time over the eager and over the compiled baseline, and wall
+    time per call (launch included) over the compiled baseline; the line at 1× is break-even."""
+    plt = plot.plt
+    plt.clear_data()
+    plt.clear_figure()
+    named = [(f"{r.shape} {_short(r.dtype)}".strip(), r) for r in rows]
+    plot.display = any(r.speedup or r.speedup_compile or r.speedup_wall_compile for _, r in named)
+    if not plot.display:  # not timed (a CPU): no bars to draw
+        return
+    series = [[r.speedup or 0.0 for _, r in named], [r.speedup_compile or 0.0 for _, r in named],
+              [r.speedup_wall_compile or 0.0 for _, r in named]]
+    plt.multiple_bar([n for n, _ in named], series, labels=["×eager", "×compiled", "wall ×compiled"])
+    plt.hline(1.0, "white")
+    plt.title("speedup per shape (1× = break-even)")
+    plot.refresh()
+
+
+def plot_decode(plot: PlotextPlot, report: E2EReport) -> None:
+    """Decode tokens/s of every end-to-end variant the report timed, as bars."""
+    plt = plot.plt
+    plt.clear_data()
+    plt.clear_figure()
+    variants = [(name.replace("_", " "), t["decode_tok_s"]) for name, t in report.timings.items()
+                if isinstance(t, dict) and t.get("decode_tok_s")]
+    if variants:
+        plt.bar([n for n, _ in variants], [v for _, v in variants], orientation="horizontal", width=0.4)
+        plt.title("decode tokens/s" + (" (CPU: not meaningful)" if report.device == "cpu" else ""))
+    plot.refresh()
 
 
 class UnitPanel(Vertical):
@@ -53,7 +63,7 @@ class UnitPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("no unit results yet", id="unit-header")
         yield DataTable(id="unit-table", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="unit-bars")
+        yield PlotextPlot(id="unit-plot")
 
     def on_mount(self) -> None:
         self.query_one(DataTable).add_columns(*self.COLUMNS)
@@ -63,10 +73,10 @@ class UnitPanel(Vertical):
         table.clear()
         rows = unit_rows(view.unit if view else None)
         header = self.query_one("#unit-header", Static)
-        bars = self.query_one("#unit-bars", Static)
+        plot = self.query_one("#unit-plot", PlotextPlot)
         if view is None or not rows:
             header.update(f"{view.name}: no unit results yet" if view else "no operator selected")
-            bars.update("")
+            plot_speedups(plot, [])
             return
         note = view.unit.error or view.unit.timing_note
         header.update(Text.assemble((view.name, "bold"), f" · unit results (ms per call) · attempt {view.attempt}" + (f" · {note}" if note else "")))
@@ -75,7 +85,7 @@ class UnitPanel(Vertical):
             table.add_row(f"{r.shape} {_short(r.dtype)}".strip(), ok, _fmt(r.baseline, ".4f"), _fmt(r.compile, ".4f"),
                           _fmt(r.candidate, ".4f"), _fmt(r.speedup, ".2f"), _fmt(r.speedup_compile, ".2f"),
                           _fmt(r.roofline, ".0f"), _fmt(r.speedup_wall_compile, ".2f"))
-        bars.update(speedup_bars(rows))
+        plot_speedups(plot, rows)
 
 
 E2E_KEYS = (  # the report's headline figures first, in this order (E2EReport.to_dict() names)
@@ -108,11 +118,13 @@ class E2EPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("end-to-end: not run yet (b runs it on the approved kernels)", id="e2e-header")
         yield ProgressBar(total=1, id="e2e-progress", show_eta=False)  # a total: no idle animation
+        yield PlotextPlot(id="e2e-plot")
         with VerticalScroll():
             yield DataTable(id="e2e-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         self.query_one(DataTable).add_columns("metric", "value")
+        self.query_one("#e2e-plot").display = False  # until a report has timings
 
     def progress(self, stage: str, done: int, total: int, detail: str = "") -> None:
         self.query_one("#e2e-header", Static).update(f"end-to-end: {stage} {done}/{total} {detail}".rstrip())
@@ -123,6 +135,9 @@ class E2EPanel(Vertical):
         self.query_one("#e2e-header", Static).update(Text.assemble(
             "end-to-end: ", ("passed" if passed else "FAILED", "bold green" if passed else "bold red"),
             f" · {notes}" if notes else ""))
+        plot = self.query_one("#e2e-plot", PlotextPlot)
+        plot.display = bool(report.timings)
+        plot_decode(plot, report)
         table = self.query_one(DataTable)
         table.clear()
         flat = dict(_flatten(report.to_dict()))

@@ -65,3 +65,25 @@ def test_cli_start_flag_and_review_mode_agent(tmp_path):
     assert review.config.resume
     auto = real_agent_factory(opts.with_(auto_approve=True, out_dir=Path(tmp_path)), lambda e: None)
     assert auto.config.e2e and auto.config.auto_approve  # no review: the run ends end to end
+
+
+async def test_unit_and_e2e_results_are_plotted(make_app):
+    from textual_plotext import PlotextPlot
+
+    app, _ = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await booted(pilot, app)
+        await pilot.press("r")
+        await idle(pilot, app)
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        unit = app.main.query_one("#unit-plot", PlotextPlot)
+        assert unit.display
+        drawn = unit.plt.build()
+        assert "prefill bf16" in drawn and "decode bf16" in drawn and "wall ×compiled" in drawn
+        await pilot.press("a", "b")
+        await idle(pilot, app)
+        e2e = app.main.query_one("#e2e-plot", PlotextPlot)
+        assert e2e.display
+        drawn = e2e.plt.build()
+        assert "baseline eager" in drawn and "patched" in drawn and "decode tokens/s" in drawn
