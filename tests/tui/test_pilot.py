@@ -8,6 +8,7 @@ import json
 
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 from textual.widgets import Input, Log, Static, Switch, TextArea
 
 from fastkernels_tui.options import SessionOptions, resolve_defaults
@@ -436,3 +437,36 @@ async def test_an_engine_that_cannot_start_shows_its_whole_error(make_app, tmp_p
         assert "unknown model 'foo/bar'" in text and "mistralai/Mixtral-8x7B-Instruct-v0.1" in text
         await pilot.press("escape")
         assert not isinstance(app.screen, ChoiceScreen)
+
+
+async def test_history_draws_each_operators_speedup_run_by_run(make_app, tmp_path, monkeypatch):
+    from textual_plotext import PlotextPlot
+
+    from fastkernels.track.tracking import tracker
+
+    from .fake_agent import unit_report
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracker.configure(uri, enabled=True)
+    try:
+        for speed in (1.5, 2.5):  # two runs: rms_norm got faster
+            with tracker.start_run(f"agent {MODEL} L1", params={"model": MODEL, "level": 1, "backend": "library"},
+                                   root=True):
+                tracker.log_unit("rms_norm", unit_report("rms_norm", 1, speed), attempt=1)
+    finally:
+        tracker.configure()
+    app, _ = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await booted(pilot, app)
+        await pilot.press("h")
+        plot = app.screen.query_one("#history-trend", PlotextPlot)
+        await until(pilot, lambda: plot.display, timeout=90, what="the trend")
+        drawn = Text.from_ansi(plot.plt.build()).plain
+        assert "rms_norm" in drawn and "run by run" in drawn
+    from fastkernels_tui.screens.history import load_runs, speedup_trend
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    trend = speedup_trend(load_runs(MODEL, 1))
+    assert list(trend) == ["rms_norm"] and [x for x, _ in trend["rms_norm"]] == [1, 2]
+    assert trend["rms_norm"][0][1] < trend["rms_norm"][1][1]  # oldest run first: the slower one
