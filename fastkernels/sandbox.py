@@ -3,7 +3,8 @@
 `run_job(function, payload, timeout=..., label=...)` starts a fresh interpreter
 (the same Python, never a fork: a forked child would share the parent's CUDA context and threads),
 in its own session (so a timeout kills the whole process group, grandchildren included), in its own
-temporary working directory, with API keys and tokens removed from its environment. The child calls
+temporary working directory, with an allow-listed environment (no API keys, tokens or anything
+else a kernel has no use for: fastkernels.rules.secrets.sandbox_environ). The child calls
 `function(payload)` and writes its JSON result to a file; the parent classifies what happened:
 
     ok          the function returned; `value` is its result
@@ -12,6 +13,7 @@ temporary working directory, with API keys and tokens removed from its environme
     crash       it died without reporting (segfault, abort, os._exit, killed by a signal)
     oom         out of memory (torch/CUDA OOM, MemoryError, or killed by the kernel's OOM killer)
     cuda_error  a CUDA error (illegal memory access, device-side assert...) poisoned the context
+    cancelled   the caller set `cancel`; its process group was killed
 
 Every failure carries one line that says which job (`label`) failed and how.
 
@@ -48,9 +50,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from fastkernels.rules.secrets import scrubbed_environ
+from fastkernels.rules.secrets import sandbox_environ
 
-KINDS = ("ok", "exception", "timeout", "crash", "oom", "cuda_error")
+KINDS = ("ok", "exception", "timeout", "crash", "oom", "cuda_error", "cancelled")
 STDERR_TAIL = 4000
 WATCHDOG_PERIOD_S = 0.2  # how often a job checks that the process that started it is still there
 _RESULT = "result.json"
@@ -95,7 +97,9 @@ def cuda_present() -> bool:
 
 
 def child_env(env: dict | None = None) -> dict:
-    base = scrubbed_environ(os.environ if env is None else env)
+    """A job's environment: the allow-listed part of `env` (fastkernels.rules.secrets), with this
+    package importable."""
+    base = sandbox_environ(os.environ if env is None else env)
     path = base.get("PYTHONPATH", "")
     base["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
     base.setdefault("PYTHONUNBUFFERED", "1")
@@ -277,7 +281,8 @@ def job_name(fn: Callable | str) -> str:
 
 def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str, cwd: str | None = None,
             env: dict | None = None, interpret: bool | None = None,
-            memory_limit_mb: int | None = None, warm: tuple[str, ...] = ()) -> JobResult:
+            memory_limit_mb: int | None = None, warm: tuple[str, ...] = (),
+            cancel: threading.Event | None = None) -> JobResult:
     """Run `target` (a module-level function, or its "package.module:function" name) on `payload`
     in a spawned child; never raises for anything the child does.
 
@@ -290,6 +295,7 @@ def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str
     warm: modules the job imports first (e.g. ("torch", "fastkernels.measure.unit")): where `prewarm`
         turned warm starts on for this kind of job, run in a child started beforehand with them
         imported, and start the next such child now (module docstring). Ignored with `cwd`.
+    cancel: an event another thread may set to end the job now (its process group is killed).
     """
     target = job_name(target)
     environ = _environ_for(env, interpret, memory_limit_mb)
@@ -298,16 +304,27 @@ def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str
     try:
         (io_dir / _PAYLOAD).write_text(json.dumps(payload))
         start = time.monotonic()
-        timed_out = False
+        timed_out = cancelled = False
         if child.start(target):
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            deadline = start + timeout
+            while True:
+                try:
+                    proc.wait(timeout=0.1 if cancel is not None else max(0.0, deadline - time.monotonic()))
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancel is not None and cancel.is_set():
+                        cancelled = True
+                        break
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        break
         # Grandchildren (compilers, worker pools) die with the job, whatever it returned.
         _kill_group(proc)
         seconds = time.monotonic() - start
         stderr_tail = _tail(stderr_path)
+        if cancelled:
+            return JobResult(False, "cancelled", error=f"{label}: cancelled (killed)", stderr_tail=stderr_tail,
+                             seconds=seconds, label=label)
         if timed_out:
             return JobResult(False, "timeout", error=f"{label}: timed out after {timeout:g} s (killed; "
                              "an endless loop, a deadlock or a kernel that never finishes)",
@@ -318,6 +335,8 @@ def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str
             try:
                 report = json.loads(result_path.read_text())
             except (OSError, ValueError):
+                report = None
+            if not isinstance(report, dict):  # not what _child_main writes: a job that wrote its own
                 report = None
         if report is not None:  # what it said counts, even if it crashed on the way out
             if report.get("ok"):

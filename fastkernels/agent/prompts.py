@@ -265,6 +265,14 @@ This operator is compute-bound at its large shapes: its time is FLOPs / tensor-c
 
 TRITON_RULES = """\
 Write Triton kernels (`@triton.jit`, triton 3.x) launched from `forward`.
+- Every launch is a PyTorch operator, so the user's model compiles with torch.compile(fullgraph=True)
+  and its decode step replays as a CUDA graph: wrap the function that allocates the outputs and
+  launches in `@torch.library.custom_op(f"{__name__.replace('.', '_')}::<name>", mutates_args=())`
+  (type-annotated tensors and scalars; it returns new tensors) and give it `@<op>.register_fake`
+  returning empty outputs of the right shape, dtype and device (or use `torch.library.triton_op` with
+  `torch.library.wrap_triton(kernel)[grid](...)` inside). `forward` calls the operator; no host syncs
+  (.item(), .tolist(), .cpu()) anywhere on the forward path. The gate runs your module under
+  torch.compile(fullgraph=True) and, on a GPU, captured in a CUDA graph: a graph break fails it.
 - Kernels take tensors and strides; mark block sizes `tl.constexpr`; mask every load and store.
 - Launch on the current stream (the default for Triton); never create streams.
 - Work for both dtypes listed; upcast to fp32 before arithmetic (bf16 arithmetic with a Python
@@ -320,13 +328,16 @@ def build_system_prompt(cuda_only: bool) -> str:
         1. It must define the baseline's class, with the same name, constructor signature, forward
            signature and parameter names: weights move between baseline and yours by
            load_state_dict, in both directions.
-        2. Correctness: outputs are compared with the baseline on several fresh random inputs of each
-           shape and dtype, with tolerances by dtype; a NaN never passes. Outputs must not alias
-           inputs; every call must compute from its inputs (no caching between calls).
-        3. Speed: CUDA-event medians after warm-up with the L2 flushed, against the baseline eager and
-           under torch.compile, and as a fraction of the device's roofline.
-        Never import fastkernels, never load or call the baseline, never use another CUDA stream.
-        Untrusted code runs in a sandbox: a crash or a hang costs you the attempt.""")
+        2. Correctness: outputs are compared with the baseline in fp32 on several fresh random inputs
+           and weights of each shape and dtype: the error may be at most a few times the baseline's
+           own rounding error (at the worst element, in RMS and in mean); a NaN never passes.
+           Outputs must not alias inputs; every call must compute from its inputs (no caching).
+           Also under torch.compile(fullgraph=True) (and, on a GPU, in a captured CUDA graph).
+        3. Speed: device time and wall time per call with the L2 flushed, against the baseline eager
+           and under torch.compile, and as a fraction of the device's roofline.
+        Never import fastkernels, never load or call the baseline, never use another CUDA stream,
+        never inspect frames, the module table or the garbage collector, never assign into other
+        modules. Untrusted code runs in a sandbox: a crash or a hang costs you the attempt.""")
 
 
 def build_generation_prompt(op: "OperatorSpec", cuda_only: bool = False, *, steering: str | None = None,

@@ -25,7 +25,19 @@ import threading
 import time
 from dataclasses import asdict
 
-from fastkernels.measure.runner import GO, READY, Plan, RunnerJob, runner_job
+from fastkernels.measure.runner import (
+    GO,
+    PICK,
+    READY,
+    TIMED,
+    TIMED_CHECKS,
+    Plan,
+    RunnerJob,
+    hear,
+    read_dict,
+    runner_job,
+    say,
+)
 from fastkernels.measure.unit import (
     CPU_TIMING_NOTE,
     GATE_PRELOAD,
@@ -53,6 +65,10 @@ def kernel_names(code: str) -> list[str]:
     except SyntaxError:
         return []
     for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Name):
+            target = node.func  # kernel = triton.jit(fn): the kernel carries fn's name
+            if (getattr(target, "attr", None) or getattr(target, "id", None)) in ("jit", "autotune", "heuristics"):
+                names.append(node.args[0].id)
         if isinstance(node, ast.FunctionDef):
             for dec in node.decorator_list:
                 target = dec.func if isinstance(dec, ast.Call) else dec
@@ -68,7 +84,8 @@ def kernel_names(code: str) -> list[str]:
 
 def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only: bool = False,
              timeout: float = 600.0, compile_baseline: bool = True, require_kernel: bool = True,
-             compile_cache: bool = True, gpu: str | None = None, seed: int | None = None) -> UnitReport:
+             compile_cache: bool = True, gpu: str | None = None, seed: int | None = None,
+             compile_check: bool | None = None, _host_clock: bool = False) -> UnitReport:
     """Unit-test and time one candidate (the source of a file defining `spec.class_name`) for one
     OperatorSpec, the candidate in a sandboxed child and the verdict in another (see above); never
     raises for anything the candidate does. On a machine without a GPU the shapes are the small
@@ -77,7 +94,10 @@ def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
     compile_cache=False times the compiled baseline now instead of reading this GPU's earlier
     figure. gpu: the id of the GPU to run on (the job's CUDA_VISIBLE_DEVICES, as
     fastkernels.gpu.devices hands them out); None leaves the environment's choice. seed: the plan's
-    seed (None: drawn at random; the report's `seed` says which, to reproduce a run)."""
+    seed (None: drawn at random; the report's `seed` says which, to reproduce a run).
+    compile_check: the module must also run under torch.compile(fullgraph=True) and, on a GPU, in a
+    captured CUDA graph, and match there; None: yes, except for --cuda-only kernels (raw CUDA
+    extensions are not PyTorch operators yet)."""
     from fastkernels.judge.validate import static_check
 
     gpu_here = cuda_present()
@@ -92,7 +112,8 @@ def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
         return _failed(spec, cuda_only, f"{label}: --cuda-only kernels need a CUDA GPU to run; this machine has "
                                         "none (drop --cuda-only to check Triton kernels under the interpreter)",
                        device="cpu")
-    opts = _Options(seeds, timing, cuda_only, timeout, compile_baseline, require_kernel, compile_cache, gpu, seed)
+    opts = _Options(seeds, timing, cuda_only, timeout, compile_baseline, require_kernel, compile_cache, gpu, seed,
+                    (not cuda_only) if compile_check is None else compile_check, _host_clock)
     return _Unit(spec, [(label, code)], opts).run(runner_job)[0]
 
 
@@ -104,10 +125,12 @@ def _failed(spec, cuda_only, error, *, device=None, kind="exception", seconds=0.
 
 class _Options:
     def __init__(self, seeds, timing, cuda_only, timeout, compile_baseline, require_kernel, compile_cache, gpu,
-                 seed=None):
+                 seed=None, compile_check=True, host_clock=False):
         self.seeds, self.timing, self.cuda_only, self.timeout = int(seeds), bool(timing), bool(cuda_only), timeout
         self.compile_baseline, self.require_kernel = bool(compile_baseline), bool(require_kernel)
         self.compile_cache, self.gpu, self.seed = bool(compile_cache), gpu, seed
+        self.compile_check = bool(compile_check)
+        self.host_clock = bool(host_clock)  # time without a GPU: only the timing protocol's tests
 
 
 class _Unit:
@@ -120,7 +143,7 @@ class _Unit:
         self.spec, self.codes, self.opts, self.extra = spec, codes, opts, extra or {}
         self.env = GpuPool.job_env(opts.gpu)
         self.gpu = cuda_present()
-        self.timed = self.gpu and opts.timing
+        self.timed = (self.gpu or opts.host_clock) and opts.timing
         seed = opts.seed if opts.seed is not None else int.from_bytes(os.urandom(6), "little")
         self.seed = seed
         self.plan = Plan.draw(opts.seeds, seed)
@@ -136,11 +159,14 @@ class _Unit:
 
         job = RefereeJob(spec=self.spec.to_dict(), level=self.spec.level, name=self.spec.name,
                          plan=self.plan.to_dict(), items=items, phase=phase, time_baselines=time_baselines,
+                         compile_check=self.opts.compile_check, host_clock=self.opts.host_clock,
                          compile_baseline=self.opts.compile_baseline, compile_cache=self.opts.compile_cache)
         return run_job(referee_job, job.to_dict(), timeout=self.opts.timeout * max(1, len(items)),
                        label=f"{self.spec.key}: the referee", env=self.env, warm=GATE_PRELOAD)
 
     def run(self, target) -> list[UnitReport]:
+        """The candidates' child and the referee's, joined; never raises for anything the candidates'
+        process does (a file it rewrote, a result it forged): that candidate fails."""
         with tempfile.TemporaryDirectory(prefix="fk-xchg-") as xchg:
             items = []
             for i, (label, code) in enumerate(self.codes):
@@ -149,41 +175,84 @@ class _Unit:
                 items.append({"code": code, "label": label, "kernel_names": kernel_names(code), "dir": folder})
             job = RunnerJob(spec=self.spec.to_dict(), level=self.spec.level, name=self.spec.name,
                             plan=self.plan.to_dict(), items=items, cuda_only=self.opts.cuda_only,
-                            require_kernel=self.opts.require_kernel, timing=self.opts.timing)
+                            require_kernel=self.opts.require_kernel, timing=self.opts.timing,
+                            compile_check=self.opts.compile_check, host_clock=self.opts.host_clock,
+                            wait_s=self.opts.timeout)
             payload = {**asdict(job), **self.extra}
             box: list = []
             label = self.codes[0][0] if len(self.codes) == 1 else f"{self.spec.key}: {len(self.codes)} candidates"
-            timeout = self.opts.timeout * len(items) * (2 if self.timed else 1)
+            # the referee's phases run while the candidates' child waits for their words: its limit has them
+            timeout = self.opts.timeout * len(items) * (3 if self.timed else 1)
+            stop = threading.Event()
             thread = threading.Thread(target=lambda: box.append(run_job(
-                target, payload, timeout=timeout, label=label, env=self.env, warm=GATE_PRELOAD)), daemon=True)
+                target, payload, timeout=timeout, label=label, env=self.env, warm=GATE_PRELOAD, cancel=stop)),
+                daemon=True)
             thread.start()
             judged: list = [None] * len(items)
-            baselines: list = [None] * len(items)
-            if self.timed:
-                for i, item in enumerate(items):
-                    cases = _wait_ready(item["dir"], thread)
-                    if cases is None:
-                        break
-                    ref = self._referee([{"dir": item["dir"], "label": item["label"], "cases": cases}], "outputs",
-                                        time_baselines=True)
-                    judged[i] = ref
-                    shapes = _passed_primary(ref, self.spec) if ref.ok else []
-                    baselines[i] = ref.value if ref.ok else None
-                    _write_json(os.path.join(item["dir"], GO), {"time": shapes})
+            timed: list = [None] * len(items)
+            broken = ""
+            try:
+                if self.timed:
+                    for i, item in enumerate(items):
+                        judged[i], timed[i] = self._converse(item, thread)
+                        if judged[i] is None:
+                            break
+            except OSError as exc:  # a word could not be written: the candidate's process made a mess of the folder
+                broken = f"the exchange with the candidate's process failed ({type(exc).__name__}): it tampered with its folder"
+                stop.set()  # it would wait for a word that cannot come
+            except BaseException:
+                stop.set()  # interrupted (Ctrl-C): the child goes with us
+                raise
             thread.join()
-            self.runner = box[0]
-            return self._finish(items, judged, baselines)
+            self.runner = box[0] if box else None
+            try:
+                return self._finish(items, judged, timed, broken)
+            except Exception as exc:  # noqa: BLE001 - whatever the candidate's process wrote, the gate answers
+                why = f"its results could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+                return [self._report(passed=False, error=f"{item['label']}: {why}") for item in items]
 
-    def _finish(self, items, judged, baselines) -> list[UnitReport]:
+    def _converse(self, item: dict, thread) -> tuple:
+        """One candidate's timed run: its outputs judged (and the baselines timed) by the referee, the
+        word to time the shapes that passed, then the parent's pick of the timed outputs to check.
+        Returns (the referee's JobResult or None when the runner ended first, {"shapes", "pick",
+        "refill_seed"} for the check of the timed outputs)."""
+        import random
+
+        ready = hear(item["dir"], READY, self.opts.timeout, alive=thread.is_alive)
+        if ready is None:
+            return None, None
+        cases = ready.get("cases") if isinstance(ready.get("cases"), list) else []
+        ref = self._referee([{"dir": item["dir"], "label": item["label"], "cases": cases}], "outputs",
+                            time_baselines=True)
+        shapes = _passed_primary(ref, self.spec) if ref.ok else []
+        say(item["dir"], GO, {"time": shapes})
+        told = hear(item["dir"], TIMED, self.opts.timeout * 2, alive=thread.is_alive) or {}
+        sets = told.get("sets") if isinstance(told.get("sets"), dict) else {}
+        draw = random.SystemRandom()
+        pick = {s: sorted(draw.sample(range(int(n)), min(TIMED_CHECKS, int(n))))
+                for s, n in sets.items() if s in shapes and isinstance(n, int) and 0 < n <= 4096}
+        check = {"shapes": list(pick), "pick": pick, "refill_seed": draw.randrange(1, 2**31 - 1)}
+        say(item["dir"], PICK, {"pick": pick, "refill_seed": check["refill_seed"]})
+        return ref, check
+
+    def _finish(self, items, judged, timed, broken: str = "") -> list[UnitReport]:
         job = self.runner
+        if job is None:
+            return [self._report(passed=False, error=f"{item['label']}: the candidate's process did not start")
+                    for item in items]
+        if broken and not job.ok:
+            return [self._report(passed=False, error=f"{item['label']}: {broken}") for item in items]
         if not job.ok:
             if len(items) > 1:
                 return [None] * len(items)  # the caller reruns each alone
             return [self._report(passed=False, error=job.error + _tail_hint(job), kind=job.kind,
                                  seconds=job.seconds)]
-        results = (job.value or {}).get("results") or []
+        value = job.value if isinstance(job.value, dict) else {}
+        results = value.get("results") if isinstance(value.get("results"), list) else []
         results = [r if isinstance(r, dict) else {"error": "the candidate's process reported nothing"}
                    for r in results[:len(items)]]
+        if broken:
+            results = [{**r, "error": f"{items[i]['label']}: {broken}"} for i, r in enumerate(results)]
         todo = [i for i in range(len(results)) if judged[i] is None and not results[i].get("error")]
         if todo:  # one referee for every candidate not judged yet (no GPU timing: it judged none so far)
             batch = self._referee([{"dir": items[i]["dir"], "label": items[i]["label"],
@@ -198,6 +267,8 @@ class _Unit:
             res = results[i]
             report = self._report(device=str(res.get("device") or ("cuda" if self.gpu else "cpu"))[:100],
                                   phase_seconds=_numbers(res.get("phase_seconds")))
+            if not isinstance(res.get("cases"), list):
+                res["cases"] = []
             report.seconds = job.seconds / len(items)
             report.seed = self.seed
             if res.get("error"):
@@ -211,20 +282,20 @@ class _Unit:
                 continue
             report.shapes = [ShapeResult(**s) for s in ref.value["items"][n]]
             report.passed = bool(report.shapes) and all(s.passed for s in report.shapes)
-            if not self.gpu:
+            if not self.timed and not self.gpu:
                 report.timing_note = CPU_TIMING_NOTE
             elif not self.opts.timing:
                 report.timing_note = "not timed (timing=False)"
             elif not report.passed:
                 report.timing_note = "not timed: correctness failed"
             else:
-                self._join_timing(report, item, res, baselines[i] or {})
+                self._join_timing(report, item, res, ref.value, timed[i] or {})
             reports.append(report)
         return reports
 
-    def _join_timing(self, report: UnitReport, item: dict, res: dict, base: dict) -> None:
+    def _join_timing(self, report: UnitReport, item: dict, res: dict, base: dict, check: dict) -> None:
         timing = res.get("timing") if isinstance(res.get("timing"), dict) else {}
-        timed = self._referee([{"dir": item["dir"], "label": item["label"], "shapes": list(timing)}], "timed")
+        timed = self._referee([{"dir": item["dir"], "label": item["label"], **check}], "timed")
         verdicts = timed.value["items"][0] if timed.ok else {}
         ceilings = base.get("ceilings")
         report.ceilings = ceilings
@@ -234,8 +305,11 @@ class _Unit:
                 continue
             b = (base.get("baselines") or {}).get(r.shape)
             t = timing.get(r.shape)
-            if not b or not isinstance(t, dict):
-                r.reason += "; not timed"
+            if not b:
+                r.reason += "; not timed (no baseline timing)"
+                continue
+            if not isinstance(t, dict):
+                r.passed, r.reason = False, "not timed: the candidate's process did not time this shape"
                 continue
             if t.get("error"):
                 r.passed, r.reason = False, str(t["error"])[:500]
@@ -254,6 +328,9 @@ class _Unit:
                               f"distinct input sets (version counters bumped every call); the candidate timed in its "
                               f"own process, the baselines in a clean one{cached}; roofline vs the measured copy "
                               "bandwidth (memory-bound) or bf16 matmul (compute-bound)")
+        if not self.gpu:
+            report.timing_note = ("timed on the host clock, without a GPU: a test of the timing protocol (who times "
+                                  "what, which outputs are checked); the figures mean nothing")
 
 
 def _numbers(d) -> dict:
@@ -322,28 +399,6 @@ def _passed_primary(ref, spec) -> list[str]:
     return [s["shape"] for s in ref.value["items"][0] if s["dtype"] == primary and s["passed"]]
 
 
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
-
-
-def _wait_ready(folder: str, thread: threading.Thread) -> list | None:
-    """The runner's case list once it has written a candidate's outputs (None: it ended first)."""
-    path = os.path.join(folder, READY)
-    while not os.path.exists(path):
-        if not thread.is_alive():
-            return None
-        time.sleep(0.02)
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-        return data.get("cases") if isinstance(data, dict) and isinstance(data.get("cases"), list) else []
-    except (OSError, ValueError):
-        return []
-
-
 def _small_spec(spec):
     """`spec` at the small workload (its tensor-parallel degree kept)."""
     import dataclasses
@@ -356,7 +411,7 @@ def _small_spec(spec):
 
 def run_unit_many(spec, codes: dict[str, str], *, seeds: int = 3, timing: bool = True, cuda_only: bool = False,
                   timeout: float = 600.0, compile_baseline: bool = True, require_kernel: bool = True,
-                  compile_cache: bool = True) -> dict[str, UnitReport]:
+                  compile_cache: bool = True, compile_check: bool | None = None) -> dict[str, UnitReport]:
     """run_unit for several candidates of one operator ({name: code}) in ONE candidates' child (one
     interpreter start, one CUDA context), for benchmarks that check many kernels of ours. Attribution
     stays exact: if the child dies (crash, timeout, CUDA error), every candidate it had not finished
@@ -368,7 +423,7 @@ def run_unit_many(spec, codes: dict[str, str], *, seeds: int = 3, timing: bool =
     if not gpu and not spec.tiny:
         spec = _small_spec(spec)
     kw = dict(seeds=seeds, timing=timing, cuda_only=cuda_only, timeout=timeout, compile_baseline=compile_baseline,
-              require_kernel=require_kernel, compile_cache=compile_cache)
+              require_kernel=require_kernel, compile_cache=compile_cache, compile_check=compile_check)
     out: dict[str, UnitReport] = {}
     items = []
     for name, code in codes.items():
@@ -379,7 +434,8 @@ def run_unit_many(spec, codes: dict[str, str], *, seeds: int = 3, timing: bool =
     if len(items) == 1:
         out[items[0][0]] = run_unit(spec, items[0][2], **kw)
     elif items:
-        opts = _Options(seeds, timing, cuda_only, timeout, compile_baseline, require_kernel, compile_cache, None)
+        opts = _Options(seeds, timing, cuda_only, timeout, compile_baseline, require_kernel, compile_cache, None,
+                        compile_check=(not cuda_only) if compile_check is None else compile_check)
         reports = _Unit(spec, [(label, code) for _, label, code in items], opts).run(runner_job)
         for (name, _, code), report in zip(items, reports):
             out[name] = report if report is not None else run_unit(spec, code, **kw)
@@ -388,7 +444,8 @@ def run_unit_many(spec, codes: dict[str, str], *, seeds: int = 3, timing: bool =
 
 
 def run_gate(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only: bool = False,
-             timeout: float = 600.0, compile_baseline: bool = True, gpu: str | None = None):
+             timeout: float = 600.0, compile_baseline: bool = True, gpu: str | None = None,
+             compile_check: bool | None = None):
     """The agent's gate - validate_kernel, then run_unit - with the validation and the candidate's
     run in ONE sandboxed child (one interpreter start and one `import torch` instead of two) and the
     verdict in the referee's. Returns (ValidationResult, UnitReport) with the verdicts and messages
@@ -413,26 +470,31 @@ def run_gate(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
     flag_dir = tempfile.mkdtemp(prefix="fk-gate-")
     flag = os.path.join(flag_dir, "validated.json")
     try:
-        opts = _Options(seeds, timing, cuda_only, timeout, compile_baseline, True, True, gpu)
+        opts = _Options(seeds, timing, cuda_only, timeout, compile_baseline, True, True, gpu,
+                        compile_check=(not cuda_only) if compile_check is None else compile_check)
         unit = _Unit(run_spec, [(label, code)], opts, extra={"validate": vpayload, "validated_flag": flag})
         report = unit.run(_gate_job)[0]
         job = unit.runner
         if report is None:
             report = _failed(run_spec, cuda_only, f"{label}: the candidate's process reported no result")
-        validated = json.loads(open(flag).read()) if os.path.isfile(flag) else None
+        validated = read_dict(flag)  # the validation stage's verdict (None: absent or garbled)
     finally:
         shutil.rmtree(flag_dir, ignore_errors=True)
     if validated is None:  # it died before validation finished: validate_kernel's own verdict on that
-        if job.ok:
-            failed = v.result_of((job.value or {}).get("validation") or {"error": "no validation result"}, vlabel,
-                                 job.seconds)
+        if job is None:
+            failed = v.ValidationResult(False, error=f"{vlabel}: the candidate's process did not start", stage="import")
+        elif job.ok:
+            value = job.value if isinstance(job.value, dict) else {}
+            given = value.get("validation") if isinstance(value.get("validation"), dict) else None
+            failed = v.result_of(given or {"error": "no validation result"}, vlabel, job.seconds)
         else:
             failed = v.result_from_failed_job(job, vpayload, vlabel)
         return failed, not_run("it did not validate")
-    verdict = v.result_of(validated, vlabel, validated.get("seconds", 0.0))
+    seconds = validated.get("seconds", 0.0)
+    verdict = v.result_of(validated, vlabel, seconds if isinstance(seconds, (int, float)) else 0.0)
     if not verdict.ok:
         return verdict, not_run("it did not validate")
-    report.seconds = job.seconds
+    report.seconds = job.seconds if job is not None else 0.0
     return verdict, report
 
 

@@ -55,7 +55,9 @@ class RefereeJob:
     plan: dict
     items: list
     phase: str = "outputs"
+    compile_check: bool = True
     time_baselines: bool = False
+    host_clock: bool = False  # time on a machine without a GPU (the protocol's tests; figures meaningless)
     compile_baseline: bool = True
     compile_cache: bool = True
 
@@ -87,11 +89,16 @@ def _load(path: str):
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - a corrupt file is the candidate's fault
         raise _Reject(f"its output file could not be read ({type(exc).__name__}): outputs must be tensors") from None
+    keys = ("paths", "tensors", "types", "strides")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys) or \
+            len({len(data[k]) for k in keys}) != 1 or not isinstance(data.get("inputs"), (list, type(None))):
+        raise _Reject("its output file is not what the harness wrote (the candidate's process rewrote it)")
+    return data
 
 
 def _as_output(data, device):
@@ -103,8 +110,11 @@ def _as_output(data, device):
         if not isinstance(t, torch.Tensor):
             outs.append(_Opaque(typ))
             continue
-        placed = torch.empty_strided(tuple(t.shape), tuple(stride), dtype=t.dtype, device=device)
-        placed.copy_(t)
+        try:
+            placed = torch.empty_strided(tuple(t.shape), tuple(int(x) for x in stride), dtype=t.dtype, device=device)
+            placed.copy_(t)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise _Reject(f"an output could not be laid out as it was returned ({type(exc).__name__})") from None
         outs.append(placed)
     return outs
 
@@ -160,11 +170,16 @@ def _check_inputs(data, inputs, inplace) -> None:
 
 
 NOTES = {"small": " [inputs scaled by 2**-9, where the epsilon matters: check eps]",
+         "compiled": " [the module under torch.compile(fullgraph=True)]",
+         "graph": " [the forward captured in a CUDA graph, replayed on new values]",
          "refill": " [same input tensors as the previous call, refilled with new values: does the kernel "
                    "cache results?]"}
 
 
-def _judge_case(spec, shape, dtype, device, plan: Plan, folder: str) -> ShapeResult:
+def _judge_case(spec, shape, dtype, device, plan: Plan, folder: str, compile_check: bool,
+                late: str | None = None) -> ShapeResult:
+    """One case's samples. `late`: the candidate's process found its compiled or CUDA-graph step
+    failing: the verdict once the samples before it pass (and those steps are not judged)."""
     import torch
 
     from fastkernels.registry.tasks import build_baseline
@@ -176,7 +191,11 @@ def _judge_case(spec, shape, dtype, device, plan: Plan, folder: str) -> ShapeRes
     reference = copy.deepcopy(baseline).float()
     counted = skipped = 0
     worst_abs = worst_rel = 0.0
-    for k, (what, seed) in enumerate(plan.steps()):
+    primary = dtype == spec.dtypes[0]
+    steps = plan.steps(compiled=compile_check and primary, graph=compile_check and primary and device.type == "cuda")
+    for k, (what, seed) in enumerate(steps):
+        if late and what in ("compiled", "graph"):
+            raise _Reject(late)
         inputs = case_inputs(spec, shape, dtype, device, what, seed)
         if what == "small" and not has_float_input(inputs):
             continue
@@ -201,7 +220,7 @@ def _judge_case(spec, shape, dtype, device, plan: Plan, folder: str) -> ShapeRes
     return result
 
 
-def _judge_outputs(spec, device, plan: Plan, item: dict) -> list[ShapeResult]:
+def _judge_outputs(spec, device, plan: Plan, item: dict, compile_check: bool) -> list[ShapeResult]:
     by_case = {(c["shape"], c["dtype"]): c for c in item.get("cases") or []}
     results = []
     for shape in spec.shapes:
@@ -212,7 +231,8 @@ def _judge_outputs(spec, device, plan: Plan, item: dict) -> list[ShapeResult]:
                                            reason=str(case["reject"])[:2000], bound=spec.bound_for(shape)))
                 continue
             try:
-                results.append(_judge_case(spec, shape, dtype, device, plan, item["dir"]))
+                late = str(case["late"])[:2000] if case.get("late") else None
+                results.append(_judge_case(spec, shape, dtype, device, plan, item["dir"], compile_check, late))
             except _Reject as rej:
                 results.append(ShapeResult(shape=shape, dtype=dtype, dims=spec.shapes[shape], passed=False,
                                            reason=str(rej), bound=spec.bound_for(shape)))
@@ -221,7 +241,8 @@ def _judge_outputs(spec, device, plan: Plan, item: dict) -> list[ShapeResult]:
 
 def _judge_timed(spec, device, plan: Plan, item: dict) -> dict:
     """The outputs the candidate returned while it was timed, against the reference for the input set
-    each came from. {shape: reason or ""}."""
+    each came from (`item["pick"][shape]`: the sets the parent picked after timing), and the call
+    on the first set refilled with the parent's `refill_seed` after timing. {shape: reason or ""}."""
     import torch
 
     from fastkernels.registry.tasks import build_baseline
@@ -232,8 +253,9 @@ def _judge_timed(spec, device, plan: Plan, item: dict) -> dict:
         baseline = build_baseline(spec, shape, dtype, device, seed=plan.case_weight_seed(shape, dtype))
         reference = copy.deepcopy(baseline).float()
         first = case_inputs(spec, shape, dtype, device, "fresh", plan.timing_base)
-        checks = [(i, plan.timing_base + i) for i in plan.timed_checks(pool_size(first))]
-        checks.append((-1, plan.timing_base - 1))  # the first set refilled in place after timing
+        picked = [i for i in (item.get("pick") or {}).get(shape, []) if 0 <= i < pool_size(first)]
+        checks = [(i, plan.timing_base + i) for i in picked]
+        checks.append((-1, int(item.get("refill_seed", 0))))  # the first set refilled in place after timing
         try:
             for i, seed in checks:
                 inputs = case_inputs(spec, shape, dtype, device, "fresh", seed)
@@ -300,9 +322,9 @@ def _time_baselines(spec, shape, dtype, device, plan: Plan, job: RefereeJob) -> 
     baseline = build_baseline(spec, shape, dtype, device, seed=plan.case_weight_seed(shape, dtype))
     sets = timing_pool(spec, shape, dtype, device, plan)
     subjects = {"eager": baseline}
-    key = _compile_key(spec, shape, dtype)
+    key = _compile_key(spec, shape, dtype) if device.type == "cuda" else None
     with torch.no_grad():
-        if job.compile_baseline:
+        if job.compile_baseline and key is not None:
             cached = _compile_cache().get(key) if job.compile_cache else None
             if isinstance(cached, dict) and cached.get("wall_ms") is not None:
                 times.compile_ms, times.compile_wall_ms, times.compile_cached = cached["ms"], cached["wall_ms"], True
@@ -334,14 +356,14 @@ def referee_job(payload: dict) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if job.phase == "timed":
         return {"items": [_judge_timed(spec, device, plan, item) for item in job.items]}
-    items = [[asdict(r) for r in _judge_outputs(spec, device, plan, item)] for item in job.items]
+    items = [[asdict(r) for r in _judge_outputs(spec, device, plan, item, job.compile_check)] for item in job.items]
     out: dict = {"items": items, "seconds": time.perf_counter() - t0}
-    if job.time_baselines and device.type == "cuda":
+    if job.time_baselines and (device.type == "cuda" or job.host_clock):
         from fastkernels.measure.roofline import device_ceilings
 
         primary = spec.dtypes[0]
         passed = [s for s in spec.shapes
                   if any(r["shape"] == s and r["dtype"] == primary and r["passed"] for rs in items for r in rs)]
-        out["ceilings"] = device_ceilings()
+        out["ceilings"] = device_ceilings() if device.type == "cuda" else None
         out["baselines"] = {s: asdict(_time_baselines(spec, s, primary, device, plan, job)) for s in passed}
     return out

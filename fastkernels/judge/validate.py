@@ -41,6 +41,7 @@ HARNESS_MODULES = {"gc": "the garbage collector's view of every object",
                    "inspect": "call-stack and frame inspection",
                    "importlib": "the import system (other modules' objects)",
                    "builtins": "the interpreter's builtins",
+                   "pkgutil": "the import system (pkgutil.resolve_name reaches any module's objects)",
                    "ctypes": "raw memory access"}
 HARNESS_MEMBERS = {"sys.modules": "every loaded module, the harness's included",
                    "sys._getframe": "the callers' frames", "sys.settrace": "tracing the caller",
@@ -52,7 +53,9 @@ HARNESS_MEMBERS = {"sys.modules": "every loaded module, the harness's included",
 HARNESS_NAMES = {"__import__": "the import system", "__builtins__": "the interpreter's builtins",
                  "__subclasses__": "every class in the process", "__globals__": "another function's module",
                  "f_back": "the caller's frame", "f_locals": "a frame's variables", "f_globals": "a frame's module",
-                 "tb_frame": "a traceback's frames", "gi_frame": "a generator's frame", "cr_frame": "a coroutine's frame"}
+                 "tb_frame": "a traceback's frames", "gi_frame": "a generator's frame", "cr_frame": "a coroutine's frame",
+                 "__dict__": "another object's namespace", "__setattr__": "another object's attributes",
+                 "__delattr__": "another object's attributes"}
 
 
 @dataclass
@@ -196,6 +199,8 @@ def _reaches_out(tree: ast.Module, aliases: dict[str, str]) -> ValidationResult 
                         return fail(node, f"assigning `{root}`", "into an imported module or its objects")
         if isinstance(node, ast.Call):
             fname = _dotted(node.func) or ""
+            if fname == "vars" and node.args:
+                return fail(node, "`vars(...)`", "another object's namespace")
             if fname in ("exec", "eval", "compile"):
                 return fail(node, f"`{fname}(...)`", "code no one can read before it runs (write it out instead)")
             if fname in ("setattr", "delattr") and node.args:

@@ -13,7 +13,11 @@ earlier call's output; an input was changed in place (the referee checks the sav
 no kernel of the candidate's own ran (a Triton launch under the interpreter; on a GPU, the profiler
 sees none of its kernels, a kernel ran on another stream, or with --cuda-only a framework kernel
 computed). Before every call, freed allocator memory is filled with 0xFF (NaN in every float format),
-so an output element the kernel never wrote reads as NaN.
+so an output element the kernel never wrote reads as NaN. For the task's first dtype two more
+samples go to the referee: the module under torch.compile(fullgraph=True) (Inductor on a GPU,
+aot_eager on a CPU), and on a GPU its forward captured in a CUDA graph and replayed on new values -
+a graph break, a Dynamo error or a failed capture is the case's verdict, with the hint to register
+the launch as a PyTorch operator (the model it goes into is compiled whole).
 
 Timing (GPU only, after the referee has accepted a shape's outputs; the parent says which shapes by
 writing `go.json`): the candidate alone, on a pool of distinct input sets (seeds from the parent),
@@ -36,9 +40,13 @@ SMALL_SCALE = 2.0**-9  # inputs of RMS ~0.002: variance ~4e-6, comparable to an 
 POISON_BYTE = 0xFF  # NaN as bf16, fp16 and fp32; -1 as an integer
 POOL_BYTES = 2 << 30  # the timing pool of distinct input sets stays under this many bytes
 POOL_SETS = 64  # and has at most this many sets
-TIMED_CHECKS = 8  # outputs of timed calls checked by the referee, per shape
-READY, GO = "ready.json", "go.json"  # the runner's "outputs written" and the parent's "time these shapes"
-GO_TIMEOUT_S = 600.0
+TIMED_CHECKS = 8  # outputs of timed calls checked by the referee, per shape (the parent picks them)
+# The words the runner and the parent exchange through the candidate's folder, in order: the runner's
+# READY (its outputs are written; its own case verdicts), the parent's GO (time these shapes), the
+# runner's TIMED (how many input sets each shape was timed on), the parent's PICK (which sets' timed
+# outputs to write back, and the seed of the refill after timing: drawn only now, so nothing in the
+# candidate's process knew them while it was timed).
+READY, GO, TIMED, PICK = "ready.json", "go.json", "timed.json", "pick.json"
 
 
 class Reject(Exception):
@@ -58,15 +66,17 @@ class Plan:
     weight_seed: int
     timing_base: int
 
-    def steps(self) -> list[tuple[str, int]]:
+    def steps(self, *, compiled: bool = False, graph: bool = False) -> list[tuple[str, int]]:
+        """The samples of one case, in order (file k holds step k's outputs). `compiled`: one more,
+        the module under torch.compile(fullgraph=True); `graph`: one more, its eager forward captured
+        in a CUDA graph and replayed on new values (both for the task's first dtype)."""
         fresh = [("fresh", self.base + 1 + i) for i in range(self.samples)]
-        return fresh + [("small", self.base + 1 + self.samples), ("refill", self.base + 2 + self.samples)]
-
-    def timed_checks(self, sets: int) -> list[int]:
-        """Which input sets' timed outputs are written back for the referee to check."""
-        import random
-
-        return sorted(random.Random(self.timing_base).sample(range(sets), min(TIMED_CHECKS, sets)))
+        out = fresh + [("small", self.base + 1 + self.samples), ("refill", self.base + 2 + self.samples)]
+        if compiled:
+            out.append(("compiled", self.base + 3 + self.samples))
+        if graph:
+            out.append(("graph", self.base + 4 + self.samples))
+        return out
 
     def case_weight_seed(self, shape: str, dtype: str) -> int:
         import zlib
@@ -100,6 +110,9 @@ class RunnerJob:
     cuda_only: bool = False
     require_kernel: bool = True
     timing: bool = True
+    compile_check: bool = True
+    host_clock: bool = False  # time on a machine without a GPU (the protocol's tests; figures meaningless)
+    wait_s: float = 600.0  # how long to wait for each of the parent's words
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunnerJob":
@@ -112,6 +125,9 @@ class RunnerCase:
     dtype: str
     reject: str | None = None  # why the candidate's own process already failed this case
     written: int = 0  # output files written
+    # why the compiled or CUDA-graph step failed: the verdict only if the outputs before it pass
+    # (a wrong kernel is told what is wrong first)
+    late: str | None = None
 
 
 @dataclass
@@ -363,7 +379,7 @@ def judge_kernels(home, kernels, names, launched: int, *, require_kernel: bool, 
     compute = [k for k in kernels if k in own or not any(a in k[0] for a in _ALLOWED_FRAMEWORK)]
     total = sum(k[2] for k in compute)
     mine = sum(k[2] for k in own)
-    if own and total > 0 and mine < OWN_SHARE * total:
+    if total > 0 and mine < OWN_SHARE * total:
         others = sorted({_kernel_base(k[0])[:60] for k in compute if k not in own})[:4]
         raise Reject(f"the candidate's own kernels ran {100 * mine / total:.0f}% of the forward's GPU time; "
                      f"framework kernels did the rest ({', '.join(others)}): the work must be done by the "
@@ -412,9 +428,84 @@ def _call(cand, inputs, device):
                      f"{candidate_frame(exc)}") from None
 
 
-def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan: Plan) -> int:
-    """The correctness samples of one case: outputs (and inputs after the call) to files. Returns
-    how many it wrote; raises Reject for what this process itself can see is wrong."""
+COMPILE_HINT = ("register each kernel launch as a PyTorch operator (torch.library.custom_op with a fake "
+                "implementation, or torch.library.triton_op + wrap_triton) and keep host syncs (.item(), "
+                ".tolist(), printing tensors) out of forward")
+
+
+def compile_backend(device) -> str:
+    """Inductor on a GPU; on a CPU aot_eager (Dynamo and AOTAutograd: the interpreter runs the
+    kernels, Inductor cannot)."""
+    return "inductor" if device.type == "cuda" else "aot_eager"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's first line and, for Dynamo's errors ("from user code:" frames), the last line
+    of the kernel file it was tracing."""
+    import re
+
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    out = f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+    for i in range(len(lines) - 1, -1, -1):
+        m = re.search(r'File "[^"]*candidate\.py", line (\d+)', lines[i])
+        if m:
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            return f"{out} (while tracing line {m.group(1)} of the kernel file: `{code[:160]}`)"
+    return out
+
+
+def _compiled_call(cand, inputs, device):
+    """The module under torch.compile(fullgraph=True, dynamic=False): a graph break or a Dynamo
+    error is this case's verdict, with the first line of the error."""
+    import torch
+
+    try:
+        compiled = torch.compile(cand, fullgraph=True, dynamic=False, backend=compile_backend(device))
+        with torch.no_grad():
+            out = compiled(*inputs)
+        _sync(device)
+        return out
+    except Exception as exc:
+        if is_cuda_error(str(exc)):
+            raise
+        raise Reject(f"under torch.compile(fullgraph=True) the forward does not compile: {_first_line(exc)}"
+                     f"{candidate_frame(exc)}. The model it goes into is compiled whole: {COMPILE_HINT}") from None
+
+
+def _graph_call(cand, inputs, fresh, device):
+    """The eager forward captured in a CUDA graph on `inputs`, then replayed after `fresh`'s values
+    are copied into the captured inputs: the output of the replay."""
+    import torch
+
+    try:
+        static = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(2):
+                cand(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            out = cand(*static)
+        for dst, src in zip(static, fresh):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        graph.replay()
+        torch.cuda.synchronize()
+        return out, static
+    except Exception as exc:
+        if is_cuda_error(str(exc)) and "captur" not in str(exc).lower():
+            raise
+        raise Reject(f"captured in a CUDA graph the forward fails: {_first_line(exc)}{candidate_frame(exc)}. "
+                     f"A compiled model replays its decode step as a CUDA graph: {COMPILE_HINT}") from None
+
+
+def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan: Plan, case: RunnerCase) -> None:
+    """The correctness samples of one case: outputs (and inputs after the call) to files, counted
+    in case.written; raises Reject for what this process itself can see is wrong; a failure of the
+    compiled or CUDA-graph step goes to case.late."""
     import torch
 
     inplace = set(getattr(spec.task(), "INPLACE_INPUTS", ()))
@@ -431,9 +522,24 @@ def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan:
     sizes = None
     previous_outputs = []  # kept alive: an output sharing their memory is a cached result
     prev_inputs = None
-    written = 0
-    for k, (what, seed) in enumerate(plan.steps()):
+    primary = dtype == spec.dtypes[0]
+    steps = plan.steps(compiled=job.compile_check and primary, graph=job.compile_check and primary
+                       and device.type == "cuda")
+    for k, (what, seed) in enumerate(steps):
         fresh = case_inputs(spec, shape, dtype, device, what, seed)
+        if what in ("compiled", "graph"):
+            try:
+                if what == "compiled":
+                    out, after = _compiled_call(cand, fresh, device), fresh
+                else:
+                    first = case_inputs(spec, shape, dtype, device, "fresh", plan.base + 1)
+                    out, after = _graph_call(cand, first, fresh, device)
+            except Reject as rej:
+                case.late = str(rej)
+                return
+            save_outputs(case_file(item["dir"], shape, dtype, k), out, after)
+            case.written += 1
+            continue
         if what == "small" and not has_float_input(fresh):
             continue
         if sizes is None:
@@ -471,11 +577,10 @@ def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan:
             raise Reject("no kernel of the candidate's own ran during forward (no Triton launch): the "
                          "result came from PyTorch ops or the baseline, not from a kernel")
         save_outputs(case_file(item["dir"], shape, dtype, k), out, inputs)
-        written += 1
+        case.written += 1
         previous_outputs += [t for _, t in flat if isinstance(t, torch.Tensor)]
         if what != "refill":
             prev_inputs = inputs
-    return written
 
 
 def pool_size(first) -> int:
@@ -495,18 +600,40 @@ def timing_pool(spec, shape, dtype, device, plan: Plan) -> list[tuple]:
                       for i in range(1, pool_size(first))]
 
 
-def _wait_for_go(folder: str) -> list[str]:
-    path = os.path.join(folder, GO)
-    deadline = time.monotonic() + GO_TIMEOUT_S
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return []
+def say(folder: str, word: str, data) -> None:
+    """Write one word of the exchange (atomically: the other side never reads half of it)."""
+    tmp = os.path.join(folder, f".{word}.{os.getpid()}.{time.monotonic_ns()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, os.path.join(folder, word))
+
+
+def hear(folder: str, word: str, timeout: float, alive=None):
+    """The other side's word (a dict), or None: not said within `timeout` s, `alive()` turned
+    False, or unreadable."""
+    path = os.path.join(folder, word)
+    deadline = time.monotonic() + timeout
+    while not os.path.isfile(path):
+        if time.monotonic() > deadline or (alive is not None and not alive()):
+            return None
         time.sleep(0.02)
-    with open(path) as fh:
-        return list(json.load(fh).get("time", []))
+    return read_dict(path)
 
 
-def _time_candidate(spec, cls, shape, dtype, device, plan: Plan, item: dict) -> dict:
+def read_dict(path: str) -> dict | None:
+    """A JSON object from a file either side of the exchange may have written (None: absent,
+    unreadable or not an object)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _time_candidate(spec, cls, shape, dtype, device, plan: Plan) -> tuple[dict, object, list]:
+    """The candidate timed alone on the pool; (figures, the module, the pool with each set's last
+    output kept)."""
     import torch
 
     from fastkernels.measure.timing import compare
@@ -516,16 +643,24 @@ def _time_candidate(spec, cls, shape, dtype, device, plan: Plan, item: dict) -> 
     kept: dict = {}
     with torch.no_grad():
         cmp = compare({"candidate": cand}, sets, keep=kept)
-        outs = kept.get("candidate", {})
-        for i in plan.timed_checks(len(sets)):
-            if i in outs:
-                save_outputs(timed_file(item["dir"], shape, i), outs[i])
-        refill = case_inputs(spec, shape, dtype, device, "fresh", plan.timing_base - 1)
+    return {**cmp.to_dict(), "sets": len(sets)}, cand, [sets, kept.get("candidate", {})]
+
+
+def _write_back(spec, shape, dtype, device, folder: str, cand, pool, pick: list, refill_seed: int) -> None:
+    """The timed outputs of the input sets the parent picked, and one call on the first set refilled
+    in place with values of the parent's new seed."""
+    import torch
+
+    sets, outs = pool
+    for i in pick:
+        if isinstance(i, int) and i in outs:
+            save_outputs(timed_file(folder, shape, i), outs[i])
+    refill = case_inputs(spec, shape, dtype, device, "fresh", int(refill_seed))
+    with torch.no_grad():
         for dst, src in zip(sets[0], refill):
             if isinstance(dst, torch.Tensor):
                 dst.copy_(src)
-        save_outputs(timed_file(item["dir"], shape, -1), cand(*sets[0]))
-    return {**cmp.to_dict(), "sets": len(sets)}
+        save_outputs(timed_file(folder, shape, -1), cand(*sets[0]))
 
 
 def run_candidate(job: RunnerJob, item: dict, filename: str, module_name: str) -> dict:
@@ -568,26 +703,39 @@ def run_candidate(job: RunnerJob, item: dict, filename: str, module_name: str) -
         for dtype in spec.dtypes:
             case = RunnerCase(shape=shape, dtype=dtype)
             try:
-                case.written = _run_case(spec, cls, shape, dtype, device, job, item, plan)
+                _run_case(spec, cls, shape, dtype, device, job, item, plan, case)
             except Reject as rej:
                 case.reject = str(rej)
             result.cases.append(asdict(case))
     phases["outputs"] = time.perf_counter() - t0
-    if not (gpu and job.timing):
+    if not ((gpu or job.host_clock) and job.timing):
         return result.to_dict()
-    with open(os.path.join(item["dir"], READY), "w") as fh:
-        json.dump({"cases": len(result.cases)}, fh)
-    shapes = _wait_for_go(item["dir"])
+    say(item["dir"], READY, {"cases": result.cases})
+    go = hear(item["dir"], GO, job.wait_s) or {}
+    shapes = [s for s in go.get("time", []) if s in spec.shapes]
     t0 = time.perf_counter()
     Launches.uninstall()
+    pools = {}
     for shape in shapes:
         try:
-            result.timing[shape] = _time_candidate(spec, cls, shape, spec.dtypes[0], device, plan, item)
+            result.timing[shape], cand, pools[shape] = _time_candidate(spec, cls, shape, spec.dtypes[0], device, plan)
+            pools[shape].append(cand)
         except Exception as exc:  # noqa: BLE001 - a shape that fails under timing is that shape's verdict
             if is_cuda_error(str(exc)):
                 raise
             result.timing[shape] = {"error": f"raised under timing: {type(exc).__name__}: "
                                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+    say(item["dir"], TIMED, {"sets": {s: len(p[0]) for s, p in pools.items()}})
+    pick = hear(item["dir"], PICK, job.wait_s) or {}
+    for shape, (sets, outs, cand) in pools.items():
+        try:
+            _write_back(spec, shape, spec.dtypes[0], device, item["dir"], cand, (sets, outs),
+                        (pick.get("pick") or {}).get(shape, []), int(pick.get("refill_seed", 0)))
+        except Exception as exc:  # noqa: BLE001 - as under timing
+            if is_cuda_error(str(exc)):
+                raise
+            result.timing[shape] = {"error": f"raised after timing: {_first_line(exc)}"}
+    del pools
     replaced = timing_mod.replaced_timers()
     if replaced:
         result.error = f"{item['label']}: timing functions were replaced while it ran ({', '.join(replaced)})"

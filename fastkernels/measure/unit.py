@@ -21,6 +21,8 @@ the candidate made with freed allocator memory filled with 0xFF bytes (NaN in ev
   epsilon is no longer negligible; one refills the previous sample's input tensors in place, so a
   kernel that caches by address returns a stale answer;
 - a reference output that is near-constant cannot tell kernels apart: that sample is not counted;
+- for the first dtype, the module also under torch.compile(fullgraph=True) and, on a GPU, captured
+  in a CUDA graph and replayed on new values: both must run (no graph break) and match;
 - the candidate must have launched a kernel of its own (a Triton launch, or on a GPU profiled
   kernels named exactly as its own doing most of the GPU time); with --cuda-only, no framework
   compute kernel may run and on a GPU every kernel must run on the caller's stream.

@@ -91,3 +91,26 @@ def scrubbed_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     that have no business holding keys (sandboxed jobs, the MLflow server)."""
     env = os.environ if env is None else env
     return {k: v for k, v in env.items() if not is_secret_env(k)}
+
+
+# What a sandboxed job's environment may hold: names a kernel, a compiler, PyTorch, Triton, CUDA,
+# NCCL or our own harness read, and nothing else (a database URL, a webhook, a personal access token
+# under a name no pattern foresees never reaches untrusted code). Secret-named ones are dropped even
+# here (HF_TOKEN under HF_).
+SANDBOX_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM",
+    "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CC", "CXX", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM", "XDG_CACHE_HOME", "MASTER_ADDR", "MASTER_PORT",
+    "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SYSTEMROOT",
+})
+SANDBOX_ENV_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "NCCL_", "TRITON_", "TORCH_", "TORCHINDUCTOR_",
+                        "TORCHDYNAMO_", "PYTORCH_", "CUBLAS", "CUDNN_", "KINETO_", "HF_", "TRANSFORMERS_",
+                        "FASTKERNELS_")
+
+
+def sandbox_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed copy of `env` (default os.environ) a sandboxed job starts with."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items()
+            if (k in SANDBOX_ENV_NAMES or k.startswith(SANDBOX_ENV_PREFIXES)) and not is_secret_env(k)}
+

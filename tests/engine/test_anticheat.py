@@ -255,3 +255,73 @@ def test_a_sum_of_squares_kept_in_bf16_fails_at_full_width():
     report = run_unit(_gpu_spec(), (CHEATS / "bf16_variance.py").read_text(), seeds=1, timing=False)
     assert not report.passed
     assert any(not s.passed and s.dtype == "bfloat16" for s in report.shapes), report.failure_message()
+
+
+# ---- the timing protocol on the host clock (a CPU has no stopwatch worth reading; these check who
+# times what and which outputs are checked, the figures themselves mean nothing) ---------------------
+
+@pytest.fixture(scope="module")
+def host_timed():
+    spec = dataclasses.replace(build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True),
+                               dtypes=("bfloat16",))
+
+    def run(name):
+        return run_unit(spec, (CHEATS / f"{name}.py").read_text(), seeds=1, _host_clock=True)
+
+    names = ("correct_rms_norm", "stack_replay_hidden", "version_cache", "slow_baseline")
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(names, pool.map(run, names)))
+
+
+def test_host_clock_protocol_times_the_candidate_and_the_baseline_apart(host_timed):
+    report = host_timed["correct_rms_norm"]
+    assert report.passed, report.failure_message()
+    assert "host clock" in report.timing_note
+    for s in report.shapes:
+        assert s.candidate_ms > 0 and s.baseline_eager_ms > 0 and s.speedup_vs_eager > 0
+        assert s.timing["candidate"]["sets"] >= 2 and "eager" in s.timing["baselines"]["device"]
+        assert "candidate" not in s.timing["baselines"]["device"]  # the referee never ran it
+
+
+def test_replaying_when_timed_is_caught_by_the_timed_outputs(host_timed):
+    report = host_timed["stack_replay_hidden"]
+    assert not report.passed
+    assert "the output of a timed call" in report.failure_message(), report.failure_message()
+
+
+def test_a_version_keyed_cache_never_hits_while_timed(host_timed):
+    # a hit returns without running the interpreted kernel (milliseconds): it would be many times faster
+    cached, honest = host_timed["version_cache"], host_timed["correct_rms_norm"]
+    assert cached.passed, cached.failure_message()
+    for c, h in zip(cached.shapes, honest.shapes):
+        assert c.candidate_ms > 0.25 * h.candidate_ms, (c.shape, c.candidate_ms, h.candidate_ms)
+
+
+def test_slowing_the_baseline_at_import_does_not_reach_the_referee(host_timed):
+    slowed, honest = host_timed["slow_baseline"], host_timed["correct_rms_norm"]
+    assert slowed.passed, slowed.failure_message()
+    for s, h in zip(slowed.shapes, honest.shapes):
+        assert s.baseline_eager_ms < 4 * h.baseline_eager_ms, (s.shape, s.baseline_eager_ms, h.baseline_eager_ms)
+
+
+def test_verdicts_of_the_candidates_own_process_survive_the_timed_protocol():
+    """On a timed run (every GPU run) the runner's own findings reach the report: no kernel of its
+    own, and a forward that does not compile (after its eager outputs passed)."""
+    spec = dataclasses.replace(build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True),
+                               dtypes=("float32",))
+    pretend = run_unit(spec, (CHEATS / "pretend.py").read_text(), seeds=1, _host_clock=True)
+    assert "no kernel of the candidate's own" in pretend.failure_message(), pretend.failure_message()
+    raw = run_unit(spec, (CHEATS / "raw_launch.py").read_text(), seeds=1, _host_clock=True)
+    assert not raw.passed and all("does not compile" in s.reason for s in raw.shapes), raw.failure_message()
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("forge_result_list", "without reporting a result"),  # a result file that is not a dict
+    ("block_go", "tampered with its folder"),  # the parent's word to time cannot be written
+])
+def test_a_candidate_that_garbles_the_exchange_fails_without_hanging_the_parent(name, fragment):
+    spec = dataclasses.replace(build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True),
+                               dtypes=("float32",))
+    report = run_unit(spec, (CHEATS / f"{name}.py").read_text(), seeds=1, _host_clock=True, timeout=120)
+    assert not report.passed and fragment in report.failure_message(), report.failure_message()
+    assert report.seconds < 100  # the candidate's child was stopped, not left to its 3 x 120 s limit

@@ -23,6 +23,11 @@ def test_ok_job_returns_value_in_its_own_dir_and_session(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf-test")
     monkeypatch.setenv("MY_SECRET_THING", "x")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    # no secret-shaped name: only the allow-list keeps them out
+    monkeypatch.setenv("DATABASE_URL", "postgres://app:hunter2@db/prod")
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.example/T000/B000/XXXX")
+    monkeypatch.setenv("GH_PAT", "ghp_abcdefghijklmnopqrstuvwxyz0123456789")
+    monkeypatch.setenv("HF_HOME", "/tmp/hf-home")
     r = job("echo", {"a": [1, 2]})
     assert r.ok and r.kind == "ok", r.error
     assert r.value["payload"] == {"a": [1, 2]}
@@ -30,8 +35,9 @@ def test_ok_job_returns_value_in_its_own_dir_and_session(monkeypatch):
     assert not os.path.exists(r.value["cwd"])  # its temporary directory is gone
     assert r.value["pgid_is_own"]  # its own process group: a timeout can kill everything it started
     env = set(r.value["env"])
-    assert not {"ANTHROPIC_API_KEY", "HF_TOKEN", "MY_SECRET_THING"} & env
-    assert "TOKENIZERS_PARALLELISM" in env and "PATH" in env
+    assert not {"ANTHROPIC_API_KEY", "HF_TOKEN", "MY_SECRET_THING", "DATABASE_URL", "SLACK_WEBHOOK_URL",
+                "GH_PAT"} & env
+    assert {"TOKENIZERS_PARALLELISM", "PATH", "HF_HOME", "PYTHONPATH"} <= env
     assert r.value["interpret"] == "1"  # no GPU here: the Triton interpreter, set before any import
 
 
@@ -140,17 +146,17 @@ def test_warm_child_is_started_ahead_with_its_imports_and_runs_one_job_only(monk
     from fastkernels import sandbox
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-    monkeypatch.setenv("FK_WARM_TEST", "1")  # a kind of job of its own: no other test's child is reused
+    monkeypatch.setenv("FASTKERNELS_WARM_TEST", "1")  # a kind of job of its own: no other test's child is reused
     probe = sandbox.probe  # a job is named by its function object
     try:
         # Without prewarm, `warm` starts nothing ahead (a one-off job must not pay for a spare child).
         run_job(probe, {}, timeout=120, label="one-off", warm=("torch",))
-        assert not [k for k in sandbox._warm if ("FK_WARM_TEST", "1") in k[0]]
+        assert not [k for k in sandbox._warm if ("FASTKERNELS_WARM_TEST", "1") in k[0]]
         sandbox.prewarm(("torch",))
         first = run_job(probe, {}, timeout=120, label="warm 1", warm=("torch",))
         assert first.ok, first.error
         time.sleep(0.2)
-        waiting = [c for k, c in sandbox._warm.items() if ("FK_WARM_TEST", "1") in k[0]]
+        waiting = [c for k, c in sandbox._warm.items() if ("FASTKERNELS_WARM_TEST", "1") in k[0]]
         assert len(waiting) == 1 and waiting[0].proc.poll() is None  # the next one, waiting
         deadline = time.monotonic() + 120
         second = None
@@ -243,3 +249,19 @@ def test_waiting_child_ends_with_its_parent(tmp_path):
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     raise AssertionError("the waiting child outlived its parent")
+
+
+def test_a_result_file_the_job_wrote_itself_is_not_trusted():
+    r = job("forge_result_list")
+    assert not r.ok and r.kind == "crash" and "without reporting a result" in r.error
+
+
+def test_cancel_ends_a_job_at_once():
+    import threading
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    r = job("hang", timeout=120, cancel=stop)
+    assert not r.ok and r.kind == "cancelled" and "cancelled" in r.error
+    assert time.monotonic() - t0 < 60  # far below the 120 s limit it would otherwise have run to

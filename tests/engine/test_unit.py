@@ -386,3 +386,23 @@ def test_identical_kernels_agree_under_a_coarse_event_timer():
     a, b = cmp.device["a"], cmp.device["b"]
     assert a.iqm / b.iqm == pytest.approx(1.0, abs=0.03)
     assert a.iqm == pytest.approx(0.00307, rel=0.1)  # between the timer's steps, where the truth is
+
+
+def test_a_kernel_that_does_not_compile_fails_the_gate_with_the_hint():
+    """The module must also run under torch.compile(fullgraph=True) (a patched model is compiled
+    whole): a raw Triton launch breaks the graph; as a PyTorch operator the same kernel passes, and
+    its compiled output is judged like any other sample."""
+    spec = build_spec(1, "rms_norm", MODEL, tiny=True)
+    raw = run_unit(spec, (CHEATS / "raw_launch.py").read_text(), seeds=1)
+    assert not raw.passed
+    for s in raw.shapes:  # the compile step runs for the first dtype only
+        if s.dtype == spec.dtypes[0]:
+            assert "under torch.compile(fullgraph=True) the forward does not compile" in s.reason, s.reason
+            assert "line 28 of the kernel file" in s.reason and "torch.library.custom_op" in s.reason
+        else:
+            assert s.passed, s.reason
+    assert run_unit(spec, (CHEATS / "raw_launch.py").read_text(), seeds=1, compile_check=False).passed
+    op = run_unit(spec, GOOD, seeds=1)
+    assert op.passed, op.failure_message()
+    first = [s for s in op.shapes if s.dtype == spec.dtypes[0]]
+    assert all(s.samples == 4 for s in first)  # 1 fresh + small + refill + compiled

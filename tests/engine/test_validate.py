@@ -123,7 +123,7 @@ def test_cuda_only_follows_helper_methods():
 
 def test_cuda_only_rejects_triton_and_accepts_plain_cuda():
     r = validate_kernel(GOOD, "RMSNorm", cuda_only=True)
-    assert not r.ok and r.stage == "static" and "imports triton" in r.error and r.line == 4
+    assert not r.ok and r.stage == "static" and "imports triton" in r.error and r.line == 5
     from fastkernels.judge.validate import static_check
 
     assert static_check(CUDA_OK, "RMSNorm", cuda_only=True) is None

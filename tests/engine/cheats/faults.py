@@ -1,6 +1,7 @@
 """Jobs that misbehave in every way a child process can, for the sandbox's fault corpus."""
 
 import os
+import sys
 import time
 
 
@@ -74,3 +75,10 @@ def illegal_memory_access(payload):
     _oob_store[(1,)](buf)
     torch.cuda.synchronize()
     return "unreachable"
+
+
+def forge_result_list(payload):
+    """Writes a result file that is not what the harness writes (a list), and exits."""
+    with open(os.path.join(sys.argv[1], "result.json"), "w") as fh:
+        fh.write("[0]")
+    os._exit(0)

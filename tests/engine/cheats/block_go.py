@@ -1,0 +1,56 @@
+"""Cheat: reads its exchange folder from the job's payload and puts a folder where the parent's
+word to start timing would go, so the parent cannot say it (the parent must not crash or hang)."""
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+
+@triton.jit
+def _rms_norm_row(x_ptr, w_ptr, out_ptr, n_cols, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    var = tl.sum(x * x, axis=0) / n_cols
+    h = x * (1.0 / tl.sqrt(var + eps))
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    # round to the input dtype before the weight multiply, as the baseline does
+    y = w * h.to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + row * n_cols + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# The launch as a PyTorch operator (namespace: this module's name, unique per load), so a model that
+# calls it compiles with torch.compile(fullgraph=True) and is captured by CUDA graphs.
+@torch.library.custom_op(f"{__name__.replace('.', '_')}::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    rows, cols = x.shape
+    _rms_norm_row[(rows,)](x, weight, out, cols, eps, BLOCK=triton.next_power_of_2(cols))
+    return out
+
+
+@rms_norm.register_fake
+def _(x, weight, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.variance_epsilon)
+
+
+import json as _json
+import os as _os
+import sys as _sys
+
+with open(_os.path.join(_sys.argv[1], "payload.json")) as _fh:
+    for _item in _json.load(_fh)["items"]:
+        _os.makedirs(_os.path.join(_item["dir"], "go.json"), exist_ok=True)
