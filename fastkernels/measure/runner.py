@@ -156,22 +156,56 @@ def spec_from_dict(level: int, name: str, d: dict):
     return spec
 
 
-def case_inputs(spec, shape, dtype, device, what: str, seed: int):
-    """The inputs of one correctness sample (the referee rebuilds the same ones)."""
+def tree_map(fn, obj):
+    """`obj` with fn applied to every tensor in it (inputs nest: a list of per-layer caches)."""
     import torch
 
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tree_map(fn, x) for x in obj)
+    return obj
+
+
+def leaves(inputs) -> list[tuple[int, object]]:
+    """(index of the top-level input, tensor) of every tensor in `inputs`, nested ones included."""
+    import torch
+
+    out = []
+
+    def walk(i, x):
+        if isinstance(x, torch.Tensor):
+            out.append((i, x))
+        elif isinstance(x, (list, tuple)):
+            for y in x:
+                walk(i, y)
+
+    for i, x in enumerate(inputs):
+        walk(i, x)
+    return out
+
+
+def refill(dst_inputs, src_inputs) -> None:
+    """Copy the values of `src_inputs` into the tensors of `dst_inputs` (same structure), in place."""
+    import torch
+
+    with torch.no_grad():
+        for (_, dst), (_, src) in zip(leaves(dst_inputs), leaves(src_inputs)):
+            dst.copy_(src)
+
+
+def case_inputs(spec, shape, dtype, device, what: str, seed: int):
+    """The inputs of one correctness sample (the referee rebuilds the same ones)."""
     from fastkernels.registry.tasks import build_inputs
 
     fresh = build_inputs(spec, shape, dtype, device, seed)
     if what == "small":
-        fresh = tuple(x * SMALL_SCALE if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in fresh)
+        fresh = tuple(tree_map(lambda x: x * SMALL_SCALE if x.is_floating_point() else x, x) for x in fresh)
     return fresh
 
 
 def has_float_input(inputs) -> bool:
-    import torch
-
-    return any(isinstance(x, torch.Tensor) and x.is_floating_point() for x in inputs)
+    return any(x.is_floating_point() for _, x in leaves(inputs))
 
 
 def case_file(folder: str, shape: str, dtype: str, k: int) -> str:
@@ -209,7 +243,7 @@ def save_outputs(path: str, out, inputs=None) -> None:
             "tensors": [plain(t) for _, t in flatten(out)],
             "types": [type(t).__name__ for _, t in flatten(out)],
             "strides": [list(t.stride()) if isinstance(t, torch.Tensor) else None for _, t in flatten(out)],
-            "inputs": [plain(x) for x in inputs] if inputs is not None else None}
+            "inputs": [plain(x) for _, x in leaves(inputs)] if inputs is not None else None}
     tmp = path + ".tmp"
     torch.save(data, tmp)
     os.replace(tmp, path)
@@ -479,7 +513,7 @@ def _graph_call(cand, inputs, fresh, device):
     import torch
 
     try:
-        static = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        static = [tree_map(lambda t: t.clone(), x) for x in inputs]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
@@ -489,9 +523,7 @@ def _graph_call(cand, inputs, fresh, device):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.no_grad():
             out = cand(*static)
-        for dst, src in zip(static, fresh):
-            if isinstance(dst, torch.Tensor):
-                dst.copy_(src)
+        refill(static, fresh)
         graph.replay()
         torch.cuda.synchronize()
         return out, static
@@ -545,14 +577,11 @@ def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan:
         if sizes is None:
             sizes = sorted({x.numel() * x.element_size() for x in fresh if isinstance(x, torch.Tensor)})
         if what == "refill" and prev_inputs is not None:
-            with torch.no_grad():
-                for dst, src in zip(prev_inputs, fresh):
-                    if isinstance(dst, torch.Tensor):
-                        dst.copy_(src)
+            refill(prev_inputs, fresh)
             inputs = prev_inputs
         else:
             inputs = fresh
-        saved = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        saved = [(i, x.clone()) for i, x in leaves(inputs)]
         scrub_free_memory(device, sizes)
         before = Launches.count
         out = _call(cand, inputs, device)
@@ -562,16 +591,16 @@ def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan:
             if not isinstance(t, torch.Tensor):
                 continue
             span = _storage_span(t)
-            for i, x in enumerate(inputs):
-                if isinstance(x, torch.Tensor) and i not in inplace and _overlaps(span, _storage_span(x)):
+            for i, x in leaves(inputs):
+                if i not in inplace and _overlaps(span, _storage_span(x)):
                     raise Reject(f"{path} shares memory with input #{i}: the kernel returns its input or a "
                                  "view of it instead of computing a new tensor")
             for old in previous_outputs:
                 if _overlaps(span, _storage_span(old)):
                     raise Reject(f"{path} is the same memory as the output of an earlier call with different "
                                  "inputs: the kernel returns a cached result instead of computing it")
-        for i, (x, keep) in enumerate(zip(inputs, saved)):
-            if isinstance(x, torch.Tensor) and i not in inplace and not torch.equal(x, keep):
+        for (i, x), (_, keep) in zip(leaves(inputs), saved):
+            if i not in inplace and not torch.equal(x, keep):
                 raise Reject(f"input #{i} was modified in place; the operator must leave its inputs unchanged")
         if device.type == "cpu" and launched == 0 and job.require_kernel:  # on a GPU the profiler decides
             raise Reject("no kernel of the candidate's own ran during forward (no Triton launch): the "
@@ -655,11 +684,8 @@ def _write_back(spec, shape, dtype, device, folder: str, cand, pool, pick: list,
     for i in pick:
         if isinstance(i, int) and i in outs:
             save_outputs(timed_file(folder, shape, i), outs[i])
-    refill = case_inputs(spec, shape, dtype, device, "fresh", int(refill_seed))
+    refill(sets[0], case_inputs(spec, shape, dtype, device, "fresh", int(refill_seed)))
     with torch.no_grad():
-        for dst, src in zip(sets[0], refill):
-            if isinstance(dst, torch.Tensor):
-                dst.copy_(src)
         save_outputs(timed_file(folder, shape, -1), cand(*sets[0]))
 
 

@@ -253,8 +253,17 @@ def _fresh(args: tuple, bump) -> tuple:
     """The call's inputs with every tensor's version counter moved on (no kernel, ~0.2 us each): to
     a kernel they are new tensors, so a result cache keyed on the tensor and its version never hits.
     Every subject pays it alike."""
-    bump([x for x in args if hasattr(x, "_version")])
+    bump(_tensors(args))
     return args
+
+
+def _tensors(obj) -> list:
+    """The tensors in a call's arguments, nested lists (per-layer caches) included."""
+    if hasattr(obj, "_version"):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _tensors(x)]
+    return []
 
 
 def _keeper(keep: dict | None, name: str):

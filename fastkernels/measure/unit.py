@@ -192,8 +192,29 @@ class _Reject(Exception):
     """A verdict about the candidate for one case (not a harness bug)."""
 
 
-def _compare(path, cand, ref, expect, tol: Tolerance):
-    """Check one output tensor. Returns (max_abs, max_rel, skipped_near_constant)."""
+ROUTED_ROWS = 0.02  # routed (MoE) outputs: the share of rows that may differ by a flipped expert choice
+
+
+def _routed_rows_pass(c, base, r, dtype, allowed) -> bool:
+    """A mixture of experts picks each token's experts by comparing router scores: where two are
+    nearly tied, a kernel that rounds differently from the baseline picks the other expert and that
+    token's row differs by far more than rounding (the baseline's own bf16 run does the same against
+    fp32 on other tokens). Such an output passes when at most ROUTED_ROWS of its rows are off and the
+    rest pass the whole rule."""
+    last = c.shape[-1] if c.ndim else 1
+    rows_c, rows_b, rows_r = (t.reshape(-1, last) for t in (c, base, r))
+    over = ((rows_c - rows_r).abs() > allowed.reshape(-1, last) if hasattr(allowed, "reshape") else
+            (rows_c - rows_r).abs() > allowed).any(-1)
+    n_rows = rows_c.shape[0]
+    if int(over.sum()) > max(1, int(ROUTED_ROWS * n_rows)) or int(over.sum()) == n_rows:
+        return False
+    keep = ~over
+    return noise_verdict(rows_c[keep], rows_b[keep], rows_r[keep], dtype)[1] == ""
+
+
+def _compare(path, cand, ref, expect, tol: Tolerance, routed: bool = False):
+    """Check one output tensor. Returns (max_abs, max_rel, skipped_near_constant). `routed`: the
+    output of a mixture of experts (see _routed_rows_pass)."""
     import torch
 
     if not isinstance(cand, torch.Tensor):
@@ -233,6 +254,8 @@ def _compare(path, cand, ref, expect, tol: Tolerance):
     if near_constant:
         return max_abs, max_rel, True
     allowed, why = noise_verdict(c, expect.detach().float(), r, expect.dtype)
+    if why and routed and _routed_rows_pass(c, expect.detach().float(), r, expect.dtype, allowed):
+        why = ""
     if why == "max":
         n = int((err > allowed).sum())
         idx = tuple(int(i) for i in torch.unravel_index(torch.argmax(err - allowed), err.shape))
