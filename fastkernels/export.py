@@ -267,6 +267,23 @@ def export_kernels(src, out, *, name: str | None = None, force: bool = False) ->
     return ExportResult(out=out, name=name, kernels=kernels, measured=bool(summaries))
 
 
+def export_approved(out_dir, level: int, ops: list[str], dest, *, name: str | None = None) -> ExportResult:
+    """The kernels of an agent run that a person approved (`out_dir/L<level>/<op>.py` for each of
+    `ops`, with the run's summary for the card) exported to `dest` in the `kernels` layout,
+    replacing an earlier export there. The cockpit's export key calls this."""
+    import tempfile
+
+    src = Path(out_dir) / f"L{level}"
+    with tempfile.TemporaryDirectory(prefix="fk-export-") as tmp:
+        chosen = Path(tmp) / f"L{level}"
+        chosen.mkdir()
+        for op in ops:
+            shutil.copy2(src / f"{op}.py", chosen / f"{op}.py")
+        if (src / "summary.json").is_file():
+            shutil.copy2(src / "summary.json", chosen / "summary.json")
+        return export_kernels(tmp, dest, name=name or default_name(Path(out_dir)), force=True)
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -97,6 +97,7 @@ class FastKernelsApp(App):
         Binding("u", "diff_split", "Split/unified diff", show=False, id="diff_split"),
         Binding("p", "diff_against", "Diff vs previous/baseline", show=False, id="diff_against"),
         Binding("b", "bench", "E2E bench", id="bench"),
+        Binding("E", "export", "Export approved (HF kernels layout)", show=False, id="export"),
         Binding("t", "next_theme", "Theme", show=False, id="next_theme"),
         Binding("o", "setup", "Setup", show=False, id="setup"),
         Binding("h", "history", "History", show=False, id="history"),
@@ -429,6 +430,29 @@ class FastKernelsApp(App):
         self.main.show_tab("e2e")
         self.main.add_log("end-to-end benchmark started")
         self._run_e2e(reviews)
+
+    def action_export(self) -> None:
+        """The approved kernels to `<out>-kernels` in the Hugging Face `kernels` layout
+        (fastkernels.export), for `kernels` / `kernelize` to load."""
+        if not self._need_agent():
+            return
+        ops = [name for name, v in self.main.views.items() if v.status == "approved"]
+        if not ops:
+            self.notify("nothing approved yet: a approves the kernel under the cursor, A every passing one",
+                        title="export", severity="warning")
+            return
+        from fastkernels.export import export_approved
+
+        out = Path(self.options.out_dir)
+        dest = out.with_name(f"{out.name}-kernels")
+
+        def done(result) -> None:
+            self.main.add_log(f"exported {len(result.kernels)} approved kernel(s) to {result.out} "
+                              "(Hugging Face kernels layout; its README.md says how to load it)")
+
+        self.main.add_log(f"exporting {', '.join(ops)} to {dest}")
+        self._engine_job(lambda: export_approved(out, self.options.level, ops, dest), name="export",
+                         group="export", then=done)
 
     # ---- views ----------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:

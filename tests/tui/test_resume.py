@@ -68,3 +68,22 @@ async def test_fresh_ignores_the_kernels_on_disk(tmp_path):
         await until(pilot, lambda: app.agent is not None and app.main.views, timeout=120, what="discovery")
         await pilot.pause(0.2)
         assert {v.status for v in app.main.views.values()} == {"pending"}
+
+
+async def test_export_key_writes_the_approved_kernels_in_the_kernels_layout(tmp_path):
+    out = tmp_path / "candidate"
+    previous_run(out)  # rms_norm approved, add_rms_norm only waiting for review
+    opts = SessionOptions(model=MODEL, level=1, tiny=True, llm_model="library", out_dir=out,
+                          theme="fastkernels-ember")
+    app = FastKernelsApp(opts, sampler=FixedSampler(gpu=False), mask_times=True, remember=False)
+    dest = tmp_path / "candidate-kernels"
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.agent is not None and app.main.views, timeout=120, what="discovery")
+        await until(pilot, lambda: app.main.views["rms_norm"].status == "approved", what="the resumed states")
+        await pilot.press("E")
+        await until(pilot, lambda: any("exported 1 approved kernel(s)" in line for line in app.main.log_lines),
+                    timeout=60, what="the export")
+        await pilot.press("q")
+    assert (dest / "build.toml").is_file() and (dest / "README.md").is_file()
+    exported = {p.name for p in (dest / "torch-ext").rglob("*.py")}
+    assert "L1_rms_norm.py" in exported and "L1_add_rms_norm.py" not in exported  # only what was approved

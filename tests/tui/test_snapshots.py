@@ -69,6 +69,14 @@ def test_snapshot_stream_with_retry_inline(make_app, snap_compare):
         pilot.app.main.tree.select_op("rms_norm")
         await settle(pilot, lambda app: app.main.selected == "rms_norm")
         await pilot.pause(0.05)
+
+        # The log follows its end after a layout pass, which a loaded machine can still owe: put it at
+        # the end now, as a finished stream shows.
+        log = pilot.app.main.query_one("#stream-log")
+        await settle(pilot, lambda app: log.line_count > 0 and log.max_scroll_y > 0)
+        log.scroll_end(animate=False, immediate=True)
+        await settle(pilot, lambda app: log.scroll_y >= log.max_scroll_y)
+        await pilot.pause(0.05)
         pilot.app.clear_notifications()
 
     app = make(make_app, options=opts(), fail_first={"rms_norm"})
