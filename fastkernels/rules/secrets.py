@@ -102,8 +102,10 @@ SANDBOX_ENV_NAMES = frozenset({
     "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CC", "CXX", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM", "XDG_CACHE_HOME", "MASTER_ADDR", "MASTER_PORT",
     "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SYSTEMROOT",
+    # where a raw CUDA kernel's build (torch.utils.cpp_extension) finds headers, libraries, the compiler
+    "CPATH", "LIBRARY_PATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "CUDACXX", "MAX_JOBS", "CONDA_PREFIX",
 })
-SANDBOX_ENV_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "NCCL_", "TRITON_", "TORCH_", "TORCHINDUCTOR_",
+SANDBOX_ENV_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "NVCC_", "NCCL_", "TRITON_", "TORCH_", "TORCHINDUCTOR_",
                         "TORCHDYNAMO_", "PYTORCH_", "CUBLAS", "CUDNN_", "KINETO_", "HF_", "TRANSFORMERS_",
                         "FASTKERNELS_")
 

@@ -265,3 +265,14 @@ def test_cancel_ends_a_job_at_once():
     r = job("hang", timeout=120, cancel=stop)
     assert not r.ok and r.kind == "cancelled" and "cancelled" in r.error
     assert time.monotonic() - t0 < 60  # far below the 120 s limit it would otherwise have run to
+
+
+def test_a_jobs_environment_is_allow_listed():
+    from fastkernels.rules.secrets import sandbox_environ
+
+    env = {"PATH": "/usr/bin", "HOME": "/h", "LC_ALL": "C", "CUDA_VISIBLE_DEVICES": "0", "TRITON_CACHE_DIR": "/t",
+           "TORCHINDUCTOR_CACHE_DIR": "/i", "HF_HOME": "/hf", "CPATH": "/inc", "MASTER_PORT": "29500",
+           "HF_TOKEN": "hf_x", "TRITON_API_KEY": "k", "DATABASE_URL": "postgres://u:p@h/db", "GH_PAT": "ghp_x",
+           "SLACK_WEBHOOK_URL": "https://hooks", "EDITOR": "vim", "SSH_AUTH_SOCK": "/s"}
+    assert set(sandbox_environ(env)) == {"PATH", "HOME", "LC_ALL", "CUDA_VISIBLE_DEVICES", "TRITON_CACHE_DIR",
+                                         "TORCHINDUCTOR_CACHE_DIR", "HF_HOME", "CPATH", "MASTER_PORT"}
