@@ -229,8 +229,12 @@ class _Unit:
         told = hear(item["dir"], TIMED, self.opts.timeout * 2, alive=thread.is_alive) or {}
         sets = told.get("sets") if isinstance(told.get("sets"), dict) else {}
         draw = random.SystemRandom()
-        pick = {s: sorted(draw.sample(range(int(n)), min(TIMED_CHECKS, int(n))))
-                for s, n in sets.items() if s in shapes and isinstance(n, int) and 0 < n <= 4096}
+        pick = {}
+        for shape, timed_sets in sets.items():
+            ids = sorted({i for i in timed_sets if isinstance(i, int) and 0 <= i < 4096}) if (
+                shape in shapes and isinstance(timed_sets, list)) else []
+            if ids:
+                pick[shape] = sorted(draw.sample(ids, min(TIMED_CHECKS, len(ids))))
         check = {"shapes": list(pick), "pick": pick, "refill_seed": draw.randrange(1, 2**31 - 1)}
         say(item["dir"], PICK, {"pick": pick, "refill_seed": check["refill_seed"]})
         return ref, check

@@ -30,6 +30,7 @@ from fastkernels.measure.runner import (
     leaves,
     pool_size,
     spec_from_dict,
+    stopwatch_counts,
     timed_file,
     timing_pool,
 )
@@ -344,7 +345,7 @@ def _time_baselines(spec, shape, dtype, device, plan: Plan, job: RefereeJob) -> 
                     subjects["compile"] = compiled
                 except Exception as exc:  # noqa: BLE001 - a compile failure is a missing number, not a verdict
                     times.note = f"torch.compile baseline failed: {type(exc).__name__}"
-        cmp = compare(subjects, sets)
+        cmp = compare(subjects, sets, **stopwatch_counts(device))
     times.timing = cmp.to_dict()
     times.eager_ms, times.eager_wall_ms = cmp.device["eager"].iqm, cmp.wall["eager"].iqm
     if "compile" in cmp.device:

@@ -43,7 +43,7 @@ POOL_SETS = 64  # and has at most this many sets
 TIMED_CHECKS = 8  # outputs of timed calls checked by the referee, per shape (the parent picks them)
 # The words the runner and the parent exchange through the candidate's folder, in order: the runner's
 # READY (its outputs are written; its own case verdicts), the parent's GO (time these shapes), the
-# runner's TIMED (how many input sets each shape was timed on), the parent's PICK (which sets' timed
+# runner's TIMED (which input sets each shape was timed on), the parent's PICK (which sets' timed
 # outputs to write back, and the seed of the refill after timing: drawn only now, so nothing in the
 # candidate's process knew them while it was timed).
 READY, GO, TIMED, PICK = "ready.json", "go.json", "timed.json", "pick.json"
@@ -660,6 +660,12 @@ def read_dict(path: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def stopwatch_counts(device) -> dict:
+    """How many calls the stopwatch takes: the unit benchmark's on a GPU; on the host clock (the
+    protocol's CPU tests, where the figures mean nothing) a few, since interpreted kernels are slow."""
+    return {} if device.type == "cuda" else {"samples": 24, "wall_rounds": 2}
+
+
 def _time_candidate(spec, cls, shape, dtype, device, plan: Plan) -> tuple[dict, object, list]:
     """The candidate timed alone on the pool; (figures, the module, the pool with each set's last
     output kept)."""
@@ -671,7 +677,7 @@ def _time_candidate(spec, cls, shape, dtype, device, plan: Plan) -> tuple[dict, 
     sets = timing_pool(spec, shape, dtype, device, plan)
     kept: dict = {}
     with torch.no_grad():
-        cmp = compare({"candidate": cand}, sets, keep=kept)
+        cmp = compare({"candidate": cand}, sets, keep=kept, **stopwatch_counts(device))
     return {**cmp.to_dict(), "sets": len(sets)}, cand, [sets, kept.get("candidate", {})]
 
 
@@ -751,7 +757,7 @@ def run_candidate(job: RunnerJob, item: dict, filename: str, module_name: str) -
                 raise
             result.timing[shape] = {"error": f"raised under timing: {type(exc).__name__}: "
                                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"}
-    say(item["dir"], TIMED, {"sets": {s: len(p[0]) for s, p in pools.items()}})
+    say(item["dir"], TIMED, {"sets": {s: sorted(p[1]) for s, p in pools.items()}})  # the sets with a timed output
     pick = hear(item["dir"], PICK, job.wait_s) or {}
     for shape, (sets, outs, cand) in pools.items():
         try:
