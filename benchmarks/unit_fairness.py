@@ -208,8 +208,9 @@ def main() -> int:
         pool.shutdown(wait=False)
     rms = next((s for s in specs if s.name == "rms_norm"), None)
     if rms is not None and not over_budget("rms_norm cheat corpus"):
-        corpus = {p.stem: p.read_text() for p in sorted(CHEATS.glob("*.py"))
-                  if p.stem not in ("faults", "correct_rms_norm")}
+        from tests.engine.cheats.corpus import names, source
+
+        corpus = {name: source(name) for name in names()}
         for name, rep in run_unit_many(rms, corpus, seeds=1, compile_baseline=False).items():
             result["cheats"].append({"op": rms.key, "cheat": name, "caught": not rep.passed,
                                      "message": rep.failure_message()})

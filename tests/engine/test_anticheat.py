@@ -7,14 +7,12 @@ verdict is computed in a process that never imported the candidate, so they chan
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from fastkernels.judge.gate import run_unit
 from fastkernels.registry.tasks import build_spec
-
-CHEATS = Path(__file__).parent / "cheats"
+from tests.engine.cheats.corpus import source as cheat
 
 # cheat file -> (dtypes to check it in, fragment the failure message must contain)
 EXPECTED = {
@@ -45,7 +43,7 @@ def reports():
 
     def run(name):
         dtypes, _ = EXPECTED[name]
-        return run_unit(dataclasses.replace(spec, dtypes=dtypes), (CHEATS / f"{name}.py").read_text(), seeds=1)
+        return run_unit(dataclasses.replace(spec, dtypes=dtypes), cheat(name), seeds=1)
 
     # Each run is its own sandboxed child: two at a time halves the wall time on two cores.
     with ThreadPoolExecutor(2) as pool:
@@ -90,7 +88,7 @@ def test_side_stream_hidden_from_static_check_is_caught_by_the_profiler():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: the profiler trace shows which stream each kernel ran on")
     spec = build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True)
-    report = run_unit(spec, (CHEATS / "side_stream_hidden.py").read_text(), seeds=1, timing=False)
+    report = run_unit(spec, cheat("side_stream_hidden"), seeds=1, timing=False)
     assert not report.passed and "stream other than the caller's" in report.failure_message()
 
 
@@ -162,7 +160,7 @@ def test_kernel_names_are_read_from_the_source():
     from fastkernels.judge.gate import kernel_names
 
     cuda = 'src = """\ntemplate <int B>\n__global__ __launch_bounds__(256) void fused_norm(float* x) {}\n"""\n'
-    assert kernel_names((CHEATS / "correct_rms_norm.py").read_text() + cuda) == ["_rms_norm_row", "fused_norm"]
+    assert kernel_names(cheat("correct_rms_norm") + cuda) == ["_rms_norm_row", "fused_norm"]
 
 
 # ---- inputs and weights nobody knows in advance; figures the hardware cannot reach ---------------
@@ -177,7 +175,7 @@ def test_every_run_draws_its_own_inputs_and_weights_and_a_seed_reproduces_one(re
     assert first.seed is not None
     spec = dataclasses.replace(build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True),
                                dtypes=("bfloat16", "float32"))
-    again = run_unit(spec, (CHEATS / "correct_rms_norm.py").read_text(), seeds=1, seed=first.seed)
+    again = run_unit(spec, cheat("correct_rms_norm"), seeds=1, seed=first.seed)
     assert again.seed == first.seed
     assert [(s.shape, s.dtype, s.max_abs_err) for s in again.shapes] == [
         (s.shape, s.dtype, s.max_abs_err) for s in first.shapes]
@@ -218,7 +216,7 @@ def _gpu_spec():
 
 @pytest.mark.gpu
 def test_replaying_when_the_caller_is_the_timer_is_caught_by_checking_timed_outputs():
-    report = run_unit(_gpu_spec(), (CHEATS / "stack_replay_hidden.py").read_text(), seeds=1)
+    report = run_unit(_gpu_spec(), cheat("stack_replay_hidden"), seeds=1)
     assert not report.passed, report.failure_message()
     assert "the output of a timed call" in report.failure_message()
 
@@ -229,8 +227,8 @@ def test_slowing_the_baseline_from_the_candidates_process_changes_nothing():
     baselines are timed in the referee's clean process, so the speedup stays what the kernel earns
     (the honest kernel's, measured beside it, within 25%)."""
     spec = _gpu_spec()
-    honest = run_unit(spec, (CHEATS / "correct_rms_norm.py").read_text(), seeds=1)
-    slowed = run_unit(spec, (CHEATS / "slow_baseline.py").read_text(), seeds=1)
+    honest = run_unit(spec, cheat("correct_rms_norm"), seeds=1)
+    slowed = run_unit(spec, cheat("slow_baseline"), seeds=1)
     assert honest.passed and slowed.passed, slowed.failure_message()
     for h, s in zip(honest.speedups(), slowed.speedups()):
         assert s < 1.25 * h, (h, s)
@@ -239,8 +237,8 @@ def test_slowing_the_baseline_from_the_candidates_process_changes_nothing():
 @pytest.mark.gpu
 def test_a_cache_keyed_on_the_tensor_and_its_version_never_hits_while_timed():
     spec = _gpu_spec()
-    report = run_unit(spec, (CHEATS / "version_cache.py").read_text(), seeds=1)
-    honest = run_unit(spec, (CHEATS / "correct_rms_norm.py").read_text(), seeds=1)
+    report = run_unit(spec, cheat("version_cache"), seeds=1)
+    honest = run_unit(spec, cheat("correct_rms_norm"), seeds=1)
     assert report.passed, report.failure_message()
     for c, h in zip(report.shapes, honest.shapes):  # no faster than the kernel it wraps
         if c.candidate_ms and h.candidate_ms:
@@ -252,7 +250,7 @@ def test_a_sum_of_squares_kept_in_bf16_fails_at_full_width():
     """At the tiny model's 64 columns a bf16 running sum is off by ~1% (the RMS error it adds is
     within 2.5x the baseline's own); at Llama-3.1-8B's 4096 the sum stalls (bf16's step at 4096 is
     32) and the output is far outside."""
-    report = run_unit(_gpu_spec(), (CHEATS / "bf16_variance.py").read_text(), seeds=1, timing=False)
+    report = run_unit(_gpu_spec(), cheat("bf16_variance"), seeds=1, timing=False)
     assert not report.passed
     assert any(not s.passed and s.dtype == "bfloat16" for s in report.shapes), report.failure_message()
 
@@ -266,7 +264,7 @@ def host_timed():
                                dtypes=("bfloat16",))
 
     def run(name):
-        return run_unit(spec, (CHEATS / f"{name}.py").read_text(), seeds=1, _host_clock=True)
+        return run_unit(spec, cheat(name), seeds=1, _host_clock=True)
 
     names = ("correct_rms_norm", "stack_replay_hidden", "version_cache", "slow_baseline")
     with ThreadPoolExecutor(2) as pool:
@@ -309,9 +307,9 @@ def test_verdicts_of_the_candidates_own_process_survive_the_timed_protocol():
     own, and a forward that does not compile (after its eager outputs passed)."""
     spec = dataclasses.replace(build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True),
                                dtypes=("float32",))
-    pretend = run_unit(spec, (CHEATS / "pretend.py").read_text(), seeds=1, _host_clock=True)
+    pretend = run_unit(spec, cheat("pretend"), seeds=1, _host_clock=True)
     assert "no kernel of the candidate's own" in pretend.failure_message(), pretend.failure_message()
-    raw = run_unit(spec, (CHEATS / "raw_launch.py").read_text(), seeds=1, _host_clock=True)
+    raw = run_unit(spec, cheat("raw_launch"), seeds=1, _host_clock=True)
     assert not raw.passed and all("does not compile" in s.reason for s in raw.shapes), raw.failure_message()
 
 
@@ -322,6 +320,6 @@ def test_verdicts_of_the_candidates_own_process_survive_the_timed_protocol():
 def test_a_candidate_that_garbles_the_exchange_fails_without_hanging_the_parent(name, fragment):
     spec = dataclasses.replace(build_spec(1, "rms_norm", "meta-llama/Llama-3.1-8B-Instruct", tiny=True),
                                dtypes=("float32",))
-    report = run_unit(spec, (CHEATS / f"{name}.py").read_text(), seeds=1, _host_clock=True, timeout=120)
+    report = run_unit(spec, cheat(name), seeds=1, _host_clock=True, timeout=120)
     assert not report.passed and fragment in report.failure_message(), report.failure_message()
     assert report.seconds < 100  # the candidate's child was stopped, not left to its 3 x 120 s limit

@@ -13,9 +13,10 @@ from fastkernels.measure.unit import UnitReport, _compare, _Reject
 from fastkernels.registry.tasks import build_spec, kernel_source, library_dir
 from fastkernels.rules.tolerance import TOLERANCES
 from fastkernels.sandbox import cuda_present
+from tests.engine.cheats.corpus import source as cheat
 
 CHEATS = Path(__file__).parent / "cheats"
-GOOD = (CHEATS / "correct_rms_norm.py").read_text()
+GOOD = cheat("correct_rms_norm")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 CASES = {
@@ -331,8 +332,8 @@ def test_several_candidates_share_one_child_with_exact_attribution():
     spec = dataclasses.replace(build_spec(1, "rms_norm", MODEL, tiny=True), dtypes=("float32",))
     crash = GOOD.replace("        return rms_norm(x, self.weight, self.variance_epsilon)",
                          "        import faulthandler\n        faulthandler._sigsegv()")
-    codes = {"correct": GOOD, "timer": (CHEATS / "timer_patch_hidden.py").read_text(), "crash": crash,
-             "cache": (CHEATS / "cache_last.py").read_text()}
+    codes = {"correct": GOOD, "timer": cheat("timer_patch_hidden"), "crash": crash,
+             "cache": cheat("cache_last")}
     got = run_unit_many(spec, codes, seeds=1)
     assert list(got) == list(codes)
     assert got["correct"].passed, got["correct"].failure_message()
@@ -393,7 +394,7 @@ def test_a_kernel_that_does_not_compile_fails_the_gate_with_the_hint():
     whole): a raw Triton launch breaks the graph; as a PyTorch operator the same kernel passes, and
     its compiled output is judged like any other sample."""
     spec = build_spec(1, "rms_norm", MODEL, tiny=True)
-    raw = run_unit(spec, (CHEATS / "raw_launch.py").read_text(), seeds=1)
+    raw = run_unit(spec, cheat("raw_launch"), seeds=1)
     assert not raw.passed
     for s in raw.shapes:  # the compile step runs for the first dtype only
         if s.dtype == spec.dtypes[0]:
@@ -401,7 +402,7 @@ def test_a_kernel_that_does_not_compile_fails_the_gate_with_the_hint():
             assert "line 28 of the kernel file" in s.reason and "torch.library.custom_op" in s.reason
         else:
             assert s.passed, s.reason
-    assert run_unit(spec, (CHEATS / "raw_launch.py").read_text(), seeds=1, compile_check=False).passed
+    assert run_unit(spec, cheat("raw_launch"), seeds=1, compile_check=False).passed
     op = run_unit(spec, GOOD, seeds=1)
     assert op.passed, op.failure_message()
     first = [s for s in op.shapes if s.dtype == spec.dtypes[0]]
