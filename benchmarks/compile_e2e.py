@@ -121,6 +121,22 @@ def profile_decode(model, prompt, tiny: bool, top: int = 12) -> list[dict]:
     return [{"kernel": "(all kernels)", "calls": sum(r["calls"] for r in rows), "us": total}] + rows[:top]
 
 
+def teacher_forced(base, model, prompt) -> dict:
+    """The patched model's logits against the baseline's on the same tokens (one eager forward of
+    the prompt, no cache): where greedy decoding of random weights parts ways at a near-tie, this
+    says whether the kernels or the tie did it. `near_ties`: positions whose baseline top-2 margin
+    is below the largest logit difference (a flip there is rounding, not a bug)."""
+    with torch.no_grad():
+        a = base(prompt, use_cache=False).logits[0].float()
+        b = model(prompt, use_cache=False).logits[0].float()
+    diff = (a - b).abs()
+    top2 = a.topk(2, dim=-1).values
+    margin = top2[:, 0] - top2[:, 1]
+    return {"positions": a.shape[0], "top1_agree": round((a.argmax(-1) == b.argmax(-1)).float().mean().item(), 4),
+            "max_abs": round(diff.max().item(), 4), "mean_abs": round(diff.mean().item(), 5),
+            "logit_std": round(a.std().item(), 4), "near_ties": int((margin < diff.max(-1).values).sum().item())}
+
+
 def run_phase(name: str, base, prompt, args, device, log) -> dict:
     phase = {"set": name}
     try:
@@ -131,6 +147,8 @@ def run_phase(name: str, base, prompt, args, device, log) -> dict:
     phase["ops"] = ops
     models = {"baseline": base, name: model}
     try:
+        phase["logits"] = teacher_forced(base, model, prompt)
+        log(f"{name}: teacher-forced logits {phase['logits']}")
         t0 = time.perf_counter()
         for label, m in models.items():
             for _ in range(2):  # the first compiles, the second records the CUDA graphs
@@ -198,6 +216,12 @@ def write_summary(result: dict, path: Path) -> None:
                       f"| {name} eager | {_fmt(p['decode'])} | {_fmt(p['prefill'])} |",
                       f"| eager ratio | {p['decode']['median'] / b['decode']['median']:.3f}x | "
                       f"{p['prefill']['median'] / b['prefill']['median']:.3f}x |"]
+        if "logits" in ph:
+            t = ph["logits"]
+            lines += ["", f"Teacher-forced logits over the prompt's {t['positions']} positions (eager, patched vs "
+                      f"baseline): top-1 agree {t['top1_agree']:.4f}, max |diff| {t['max_abs']}, mean |diff| "
+                      f"{t['mean_abs']} (logit std {t['logit_std']}); {t['near_ties']} positions have a top-2 "
+                      "margin below the largest difference."]
         if "tokens_match" in ph:
             lines += ["", f"Greedy tokens equal to the baseline's: {ph['tokens_match']}; compile + warm-up "
                       f"{ph.get('compile_and_warmup_s')} s."]

@@ -274,6 +274,9 @@ Write Triton kernels (`@triton.jit`, triton 3.x) launched from `forward`.
   (.item(), .tolist(), .cpu()) anywhere on the forward path. The gate runs your module under
   torch.compile(fullgraph=True) and, on a GPU, captured in a CUDA graph: a graph break fails it.
 - Kernels take tensors and strides; mark block sizes `tl.constexpr`; mask every load and store.
+- A float scalar (eps, a softmax scale) is a `tl.constexpr` parameter: passed at runtime,
+  Inductor types it fp64 inside a compiled model and the kernel's math turns fp64 (the gate
+  fails such a launch).
 - Launch on the current stream (the default for Triton); never create streams.
 - Work for both dtypes listed; upcast to fp32 before arithmetic (bf16 arithmetic with a Python
   scalar also fails in the Triton interpreter, which the CPU tests use: TRITON_INTERPRET=1).

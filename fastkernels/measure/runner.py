@@ -298,11 +298,49 @@ def candidate_frame(exc: BaseException) -> str:
     return f" (line {frames[-1].lineno} of the kernel file: `{(frames[-1].line or '').strip()}`)" if frames else ""
 
 
+_RUNTIME_PARAMS: dict = {}
+
+
+def runtime_params(kernel) -> frozenset:
+    """The names of a @triton.jit function's parameters that are not tl.constexpr."""
+    import inspect
+
+    known = _RUNTIME_PARAMS.get(kernel)
+    if known is not None:
+        return known
+    params = getattr(kernel, "params", None)  # JITFunction: KernelParam.is_constexpr
+    fn = getattr(kernel, "fn", None)
+    if params:
+        known = frozenset(p.name for p in params if not p.is_constexpr)
+    elif fn is not None:
+        known = frozenset(name for name, p in inspect.signature(fn).parameters.items()
+                          if "constexpr" not in str(p.annotation))
+    else:
+        known = frozenset()
+    _RUNTIME_PARAMS[kernel] = known
+    return known
+
+
+def float_args(kernel, args: tuple, kwargs: dict) -> list[str]:
+    """The runtime (not tl.constexpr) parameters of a launch that receive a Python float. Triton
+    types such an argument fp32 when it launches the kernel itself, but Inductor (the same kernel
+    inside torch.compile, through triton_op/wrap_triton) types it fp64, and fp64 then spreads
+    through the kernel's float math: a type error for a loop-carried value, half the speed
+    elsewhere."""
+    names = getattr(kernel, "arg_names", None) or []
+    runtime = runtime_params(kernel)
+    bound = dict(zip(names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in names})
+    return [n for n, v in bound.items() if n in runtime and isinstance(v, float)]
+
+
 class Launches:
-    """Counts Triton kernel launches (compiled or interpreted) while the candidate runs."""
+    """Counts Triton kernel launches (compiled or interpreted) while the candidate runs, and notes
+    each kernel parameter a launch passes a Python float to at runtime (`floats`)."""
 
     count = 0
     originals: dict = {}
+    floats: dict = {}  # (kernel name, parameter) -> None, in the order first seen
 
     @classmethod
     def install(cls) -> None:
@@ -317,6 +355,8 @@ class Launches:
             def run(self, *args, _original=original, **kwargs):
                 if not kwargs.get("warmup"):
                     cls.count += 1
+                    for name in float_args(self, args, kwargs):
+                        cls.floats.setdefault((getattr(self.fn, "__name__", "?"), name), None)
                 return _original(self, *args, **kwargs)
 
             klass.run = run
@@ -507,6 +547,16 @@ def _compiled_call(cand, inputs, device):
                      f"{candidate_frame(exc)}. The model it goes into is compiled whole: {COMPILE_HINT}") from None
 
 
+def float_args_message(floats) -> str:
+    """The compile step's verdict on kernel parameters that take a Python float at runtime."""
+    named = ", ".join(f"`{param}` of `{kernel}`" for kernel, param in list(floats)[:4])
+    return (f"under torch.compile the kernels would compute in fp64: a Python float is passed at runtime "
+            f"to {named}; Triton types it fp32, but Inductor (the kernel inside a compiled model) types "
+            "it fp64, which promotes the kernel's float math to fp64 (a compile error for a "
+            "loop-carried value, half the speed elsewhere). Declare such a parameter `tl.constexpr` "
+            "(eps, scales: one value per model)")
+
+
 def _graph_call(cand, inputs, fresh, device):
     """The eager forward captured in a CUDA graph on `inputs`, then replayed after `fresh`'s values
     are copied into the captured inputs: the output of the replay."""
@@ -561,6 +611,8 @@ def _run_case(spec, cls, shape, dtype, device, job: RunnerJob, item: dict, plan:
         fresh = case_inputs(spec, shape, dtype, device, what, seed)
         if what in ("compiled", "graph"):
             try:
+                if what == "compiled" and Launches.floats:
+                    raise Reject(float_args_message(Launches.floats))
                 if what == "compiled":
                     out, after = _compiled_call(cand, fresh, device), fresh
                 else:

@@ -132,3 +132,27 @@ def test_patch_binds_what_the_family_uses_and_notes_the_rest(tmp_path):
         fastkernels.patch(model, tmp_path, level=1)
     with pytest.raises(fastkernels.errors.UsageError, match="L1/moe_router is not used by llama models"):
         fastkernels.patch(model, tmp_path, level=1, only=["moe_router"])
+
+
+@pytest.mark.parametrize("family,level", [("llama", 1), ("qwen3", 1), ("mixtral", 1), ("llama", 2), ("mixtral", 2),
+                                          ("llama", 3), ("qwen3", 3), ("llama", 4)])
+def test_no_library_kernel_takes_a_runtime_float(family, level):
+    # Inside a compiled model Inductor types a kernel's runtime float argument fp64 (Triton alone:
+    # fp32), and fp64 spreads through the kernel's math: the H100 compile of L1/attention failed on
+    # it, and a norm's eps halves its speed. The gate fails such a launch; the library has none.
+    from fastkernels.measure.runner import Launches
+
+    model = tiny(family)
+    Launches.floats = {}
+    Launches.install()
+    try:
+        with torch.no_grad():
+            handle = fastkernels.patch(model, LIBRARY, level=level)
+            before = Launches.count
+            out = model(ids(), use_cache=True)  # prefill, then one decode step over its cache
+            model(ids(seq=1, seed=1), past_key_values=out.past_key_values, use_cache=True)
+            handle.unpatch()
+    finally:
+        Launches.uninstall()
+    assert Launches.count > before, "the patched model launched the library's kernels"
+    assert Launches.floats == {}, list(Launches.floats)

@@ -409,6 +409,25 @@ def test_a_kernel_that_does_not_compile_fails_the_gate_with_the_hint():
     assert all(s.samples == 4 for s in first)  # 1 fresh + small + refill + compiled
 
 
+def test_a_runtime_float_kernel_argument_fails_the_compile_step():
+    """Triton types a Python float passed at runtime fp32, Inductor (the kernel inside a compiled
+    model) fp64, which turns the kernel's float math fp64: on the H100 the library's own attention
+    failed to compile from it. The gate's compile step names the kernel and the parameter; the same
+    kernel with the parameter tl.constexpr passes."""
+    spec = build_spec(1, "rms_norm", MODEL, tiny=True)
+    honest = cheat("correct_rms_norm")
+    assert honest.count("eps: tl.constexpr") == 1
+    runtime = run_unit(spec, honest.replace("eps: tl.constexpr", "eps"), seeds=1)
+    assert not runtime.passed
+    for s in runtime.shapes:
+        if s.dtype == spec.dtypes[0]:
+            assert "a Python float is passed at runtime to `eps` of `_rms_norm_row`" in s.reason, s.reason
+            assert "tl.constexpr" in s.reason
+        else:
+            assert s.passed, s.reason  # the eager samples of the other dtype are right
+    assert run_unit(spec, honest, seeds=1).passed
+
+
 def test_routed_outputs_may_differ_on_a_few_rows_only():
     """A mixture of experts flips a token's expert where two router scores nearly tie: that row
     differs by far more than rounding. Up to ROUTED_ROWS of the rows may; more fails, and outside a

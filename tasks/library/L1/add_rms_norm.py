@@ -38,8 +38,8 @@ def _add_rms_norm_kernel(
     n_cols,
     x_row_stride,
     res_row_stride,
-    eps,
     row_bucket,  # autotune key only: the power-of-two bucket of n_rows
+    EPS: tl.constexpr,  # a constant: a runtime float is fp64 under Inductor
     TILE: tl.constexpr,  # tuning knob only: elements per operand per program step; BLOCK_M = TILE // BLOCK_N
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -64,7 +64,7 @@ def _add_rms_norm_kernel(
         out_offs = rows64[:, None] * n_cols + cols[None, :]  # both outputs are fresh contiguous tensors
         tl.store(res_out_ptr + out_offs, s, mask=mask)
         sf = s.to(tl.float32)
-        rstd = tl.math.rsqrt(tl.sum(sf * sf, axis=1) / n_cols + eps)
+        rstd = tl.math.rsqrt(tl.sum(sf * sf, axis=1) / n_cols + EPS)
         h = (sf * rstd[:, None]).to(s.dtype).to(tl.float32)
         tl.store(normed_ptr + out_offs, (h * w[None, :]).to(normed_ptr.dtype.element_ty), mask=mask)
 
@@ -171,13 +171,13 @@ def _add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     w = weight if weight.is_contiguous() else weight.contiguous()
     n_sms = _sm_count(x.device)
     bucket = _p2(n_rows)
-    args = (x2, r2, w, normed, res_out, n_rows, n_cols, x_stride, r_stride, float(eps), bucket)
+    args = (x2, r2, w, normed, res_out, n_rows, n_cols, x_stride, r_stride, bucket)
     if config is None and n_rows * n_cols >= _TUNE_MIN_ELEMENTS and not _interpreting():
         tkey = (n_cols, bucket, x2.dtype, r2.dtype, w.dtype)
         config = _TUNED.get(tkey)
         if config is None:  # the first call of this bucket times the configs (and launches the best)
             grid = lambda meta: _grid(n_rows, meta["BLOCK_M"], meta["CTAS_PER_SM"], n_sms)  # noqa: E731
-            best = _tune_and_run(_add_rms_norm_tuned, grid, args)
+            best = _tune_and_run(_add_rms_norm_tuned, grid, args, {"EPS": float(eps)})
             if best is not None:
                 _TUNED[tkey] = best
             return normed, res_out
@@ -185,7 +185,7 @@ def _add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     block_n = _p2(n_cols)
     if "TILE" in (config or {}) and "BLOCK_M" not in config:
         cfg["BLOCK_M"] = _tile_m(n_cols, n_rows, cfg["TILE"])
-    meta = {"TILE": cfg["BLOCK_M"] * block_n, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": block_n,
+    meta = {"EPS": float(eps), "TILE": cfg["BLOCK_M"] * block_n, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": block_n,
             "CTAS_PER_SM": cfg["CTAS_PER_SM"], "STAGES": cfg["STAGES"], "num_warps": cfg["num_warps"],
             "num_stages": cfg.get("num_stages", 3)}
     _launch(_add_rms_norm_kernel, _grid(n_rows, cfg["BLOCK_M"], cfg["CTAS_PER_SM"], n_sms), args, meta)

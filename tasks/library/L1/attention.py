@@ -125,8 +125,9 @@ def _attn_fwd_inner(
 @triton.jit
 def _attn_prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, k_desc, v_desc,
-    seq_q, n_keys, n_heads, n_kv_heads, group, qk_scale, ctx_bucket,
+    seq_q, n_keys, n_heads, n_kv_heads, group, ctx_bucket,
     sq_b, sq_h, sq_s, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_s, so_h,
+    qk_scale: tl.constexpr,  # a constant: a runtime float is fp64 under Inductor
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -212,8 +213,9 @@ _attn_prefill_tuned_graph = triton.autotune(
 @triton.jit
 def _attn_decode_partial_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, part_ptr,
-    ml_offset, n_keys, n_kv_heads, group, chunk, n_splits, qk_scale,
+    ml_offset, n_keys, n_kv_heads, group, chunk, n_splits,
     sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h,
+    qk_scale: tl.constexpr,  # a constant: a runtime float is fp64 under Inductor
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_G: tl.constexpr,
@@ -379,6 +381,7 @@ def attention_prefill(
         return out
     block_d = max(16, _p2(dim))
     precision = _precision(q.dtype)
+    qk_scale = float(scaling) * _LOG2E
     if config is None and (_interpreting() or seq_q < 128 or q.dtype == torch.float32 or dim > 128):
         # Short chunks, fp32 and the CPU interpreter: one safe config. fp32 tiles take twice the
         # shared memory and 3-pass tf32 dots twice the registers: 32 x 32 is the largest tile that
@@ -397,8 +400,7 @@ def attention_prefill(
     else:
         k_desc, v_desc = k, v  # unused by the pointer variant
     args = (
-        q, k, v, out, k_desc, v_desc, seq_q, n_keys, n_heads, n_kv, group, float(scaling) * _LOG2E,
-        _p2(seq_q),
+        q, k, v, out, k_desc, v_desc, seq_q, n_keys, n_heads, n_kv, group, _p2(seq_q),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
     )
@@ -406,11 +408,12 @@ def attention_prefill(
         grid = lambda meta: (bsz * n_heads, _cdiv(seq_q, meta["BLOCK_M"]))  # noqa: E731
         tuned = _attn_prefill_tuned_graph if _traced(q) else _attn_prefill_tuned
         _run(tuned, grid, args,
-             {"HEAD_DIM": dim, "BLOCK_D": block_d, "PRECISION": precision, "UPCAST": False, "TMA": use_tma})
+             {"qk_scale": qk_scale, "HEAD_DIM": dim, "BLOCK_D": block_d, "PRECISION": precision, "UPCAST": False,
+              "TMA": use_tma})
     else:
         grid = (bsz * n_heads, _cdiv(seq_q, config["BLOCK_M"]))
         _run(_attn_prefill_kernel, grid, args, {
-            "HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
+            "qk_scale": qk_scale, "HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
             "PRECISION": precision, "UPCAST": _interpreting(), "TMA": use_tma,
             "num_warps": config.get("num_warps", 4), "num_stages": config.get("num_stages", 2)})
     return out
@@ -436,7 +439,8 @@ def decode_splits(bsz: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: i
 
 
 @functools.lru_cache(maxsize=1024)  # pure in its arguments: a decode step reuses its launch plan
-def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_n, num_warps, num_stages):
+def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_n, num_warps, num_stages,
+                 qk_scale):
     fp32 = dtype == torch.float32
     block_n = block_n or (32 if fp32 else 64)
     block_d = max(16, _p2(dim))
@@ -446,7 +450,7 @@ def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_
         chunk = _cdiv(_cdiv(n_keys, n_splits), block_n) * block_n
         splits = _cdiv(n_keys, chunk)
     partial_meta = {
-        "HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_G": max(16, _p2(n_heads // n_kv)),
+        "qk_scale": qk_scale, "HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_G": max(16, _p2(n_heads // n_kv)),
         "BLOCK_N": block_n, "DIRECT": splits == 1, "PRECISION": _precision(dtype), "UPCAST": _INTERPRET,
         "num_warps": num_warps or (8 if fp32 else 4), "num_stages": num_stages or (2 if fp32 else 3),
     }
@@ -487,7 +491,8 @@ def attention_decode(
     if out.numel() == 0:
         return out
     chunk, splits, rows, n_part_o, partial_meta, merge_meta = _decode_plan(
-        bsz, n_heads, dim, n_kv, n_keys, q.dtype, _sm_count(q.device), n_splits, block_n, num_warps, num_stages
+        bsz, n_heads, dim, n_kv, n_keys, q.dtype, _sm_count(q.device), n_splits, block_n, num_warps, num_stages,
+        float(scaling) * _LOG2E,
     )
     traced = _traced(q)
     if splits > 1:
@@ -498,10 +503,10 @@ def attention_decode(
     key = None
     if not traced and not ((q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15):  # out and part: fresh, aligned
         key = (bsz, n_heads, dim, n_kv, n_keys, q.dtype, k.dtype, v.dtype, qs, ks, vs, q.device.index,
-               n_splits, block_n, num_warps, num_stages)
+               n_splits, block_n, num_warps, num_stages, scaling)
     _launch(
         _attn_decode_partial_kernel, (bsz * n_kv, splits),
-        (q, k, v, out, part, n_part_o, n_keys, n_kv, n_heads // n_kv, chunk, splits, float(scaling) * _LOG2E,
+        (q, k, v, out, part, n_part_o, n_keys, n_kv, n_heads // n_kv, chunk, splits,
          qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n_heads * dim, dim),
         partial_meta, key,
     )

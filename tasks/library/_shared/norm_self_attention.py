@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 # fastkernels: piece
 @triton.jit
-def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, sum_ptr, out_ptr, n_cols, eps,
+def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, sum_ptr, out_ptr, n_cols,
+                         EPS: tl.constexpr,  # a constant: a runtime float is fp64 under Inductor
                          HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
     # one program per row: s = x + r (rounded to the stream's dtype, stored), out = RMSNorm(s);
     # without a residual, out = RMSNorm(x)
@@ -33,7 +34,7 @@ def _add_rms_norm_kernel(x_ptr, r_ptr, w_ptr, sum_ptr, out_ptr, n_cols, eps,
         r = tl.load(r_ptr + row * n_cols + offs, mask=m, other=0.0).to(tl.float32)
         s = _rnd(s + r, dt)
         tl.store(sum_ptr + row * n_cols + offs, s.to(sum_ptr.dtype.element_ty), mask=m)
-    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / n_cols + eps)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / n_cols + EPS)
     w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
     # the normalised value is rounded to the input dtype before the weight multiply, as HF does
     y = _rnd(w * _rnd(s * rstd, dt), out_ptr.dtype.element_ty)
@@ -61,8 +62,8 @@ def _add_rms_norm_rows(x: torch.Tensor, residual, weight: torch.Tensor, eps: flo
         total = torch.empty_like(x)
     rows = x.numel() // n if n else 0
     if rows:
-        _run(_add_rms_norm_kernel, (rows,), (x, r, weight.contiguous(), total, out, n, float(eps)),
-             {"HAS_RESIDUAL": has, "BLOCK": triton.next_power_of_2(n), "num_warps": 4 if n >= 2048 else 1})
+        _run(_add_rms_norm_kernel, (rows,), (x, r, weight.contiguous(), total, out, n),
+             {"EPS": float(eps), "HAS_RESIDUAL": has, "BLOCK": triton.next_power_of_2(n), "num_warps": 4 if n >= 2048 else 1})
     return total, out
 
 

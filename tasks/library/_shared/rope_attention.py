@@ -26,10 +26,11 @@ from typing import Optional
 @triton.jit
 def _rope_kernel(
     x_ptr, cos_ptr, sin_ptr, w_ptr, out_ptr,
-    n_heads, seq, eps,
+    n_heads, seq,
     x_sb, x_ss, x_sh,        # input strides: batch, position, head (the last dim is unit stride)
     c_sb, c_ss,              # cos/sin strides: batch, position
     o_sb, o_ss, o_sh,        # output strides
+    EPS: tl.constexpr,       # a constant: a runtime float is fp64 under Inductor
     HALF: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr,
 ):
     # one program per (batch, position, head) row of D = 2 * HALF elements
@@ -47,7 +48,7 @@ def _rope_kernel(
     a2 = x2.to(tl.float32)
     if NORM:
         var = (tl.sum(a1 * a1, axis=0) + tl.sum(a2 * a2, axis=0)) / (2 * HALF)
-        rstd = 1.0 / tl.sqrt(var + eps)
+        rstd = 1.0 / tl.sqrt(var + EPS)
         w1 = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
         w2 = tl.load(w_ptr + HALF + offs, mask=m, other=0.0).to(tl.float32)
         # normalised value rounded to the input dtype, then the weight product rounded again
@@ -90,11 +91,11 @@ def _rope_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: Op
     norm = weight is not None
     w = weight.contiguous() if norm else x  # unused when NORM is off
     _run(_rope_kernel, (b * s * nh,), (
-        x, cos, sin, w, out, nh, s, float(eps),
+        x, cos, sin, w, out, nh, s,
         x.stride(0), x.stride(1), x.stride(2),
         cos.stride(0), cos.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
-    ), {"HALF": half, "BLOCK": triton.next_power_of_2(half), "NORM": norm, "num_warps": 1 if d <= 128 else 2})
+    ), {"EPS": float(eps), "HALF": half, "BLOCK": triton.next_power_of_2(half), "NORM": norm, "num_warps": 1 if d <= 128 else 2})
     return out
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 
 @triton.jit
-def _rms_norm_row(x_ptr, w_ptr, out_ptr, n_cols, eps, BLOCK: tl.constexpr):
+def _rms_norm_row(x_ptr, w_ptr, out_ptr, n_cols, eps: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
