@@ -38,6 +38,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,6 +55,9 @@ from fastkernels.rules.secrets import sandbox_environ
 
 KINDS = ("ok", "exception", "timeout", "crash", "oom", "cuda_error", "cancelled")
 STDERR_TAIL = 4000
+HANG_DUMP_WAIT_S = 0.5  # a timed-out job's stack dump, then the kill
+HANG_DUMP_TAIL = 16000  # how much of its stderr to search for the dump
+FILE_LIMIT_MB = 4096  # the largest file a job may write (its stderr included)
 WATCHDOG_PERIOD_S = 0.2  # how often a job checks that the process that started it is still there
 _RESULT = "result.json"
 _PAYLOAD = "payload.json"
@@ -116,6 +120,33 @@ def _tail(path: Path, limit: int = STDERR_TAIL) -> str:
             return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+_DUMP_HEAD = re.compile(r"^(Current thread|Thread) 0x[0-9a-fA-F]+ .*\(most recent call first\):")
+_FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+
+
+def hang_site(text: str, frames: int = 3) -> str:
+    """Where a timed-out job was, from the faulthandler dump in its stderr: the innermost `frames`
+    frames of the thread that took the signal (the main thread), innermost first, as
+    "file:line in function" (file names only); a frame of the candidate's own file goes first."""
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if _DUMP_HEAD.match(line)]
+    if not heads:
+        return ""
+    current = [i for i in heads if lines[i].startswith("Current thread")]
+    first = (current or heads)[-1] + 1
+    found = []
+    for line in lines[first:]:
+        m = _FRAME.match(line)
+        if m is None:
+            break
+        found.append(m)
+    if not found:
+        return ""
+    own = [m for m in found if os.path.basename(m["file"]).startswith("candidate")][:1]
+    pick = (own + [m for m in found if m not in own])[:frames]
+    return ", called from ".join(f"{os.path.basename(m['file'])}:{m['line']} in {m['func']}" for m in pick)
 
 
 def _last_line(text: str) -> str:
@@ -220,6 +251,7 @@ def _environ_for(env: dict | None, interpret: bool | None, memory_limit_mb: int 
         environ.pop("TRITON_INTERPRET", None)
     if memory_limit_mb:
         environ["FASTKERNELS_JOB_MEMORY_MB"] = str(int(memory_limit_mb))
+    environ["FASTKERNELS_JOB_FILE_MB"] = str(int(FILE_LIMIT_MB))
     return environ
 
 
@@ -284,7 +316,9 @@ def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str
             memory_limit_mb: int | None = None, warm: tuple[str, ...] = (),
             cancel: threading.Event | None = None) -> JobResult:
     """Run `target` (a module-level function, or its "package.module:function" name) on `payload`
-    in a spawned child; never raises for anything the child does.
+    in a spawned child; never raises for anything the child does. The result's error and stderr
+    are scrubbed of secrets (rules.secrets): a child that read one (from a file, from another
+    process) and raised it does not get it into a prompt, a report or a log.
 
     cwd: the child's working directory (default: a fresh temporary one, removed afterwards).
     env: the environment to start from (default os.environ); credentials are removed either way.
@@ -297,6 +331,18 @@ def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str
         imported, and start the next such child now (module docstring). Ignored with `cwd`.
     cancel: an event another thread may set to end the job now (its process group is killed).
     """
+    from fastkernels.rules.secrets import scrub
+
+    result = _run_job(target, payload, timeout=timeout, label=label, cwd=cwd, env=env, interpret=interpret,
+                      memory_limit_mb=memory_limit_mb, warm=warm, cancel=cancel)
+    result.error = scrub(result.error) if result.error else result.error
+    result.stderr_tail = scrub(result.stderr_tail) if result.stderr_tail else result.stderr_tail
+    return result
+
+
+def _run_job(target: Callable | str, payload: dict, *, timeout: float, label: str, cwd: str | None,
+             env: dict | None, interpret: bool | None, memory_limit_mb: int | None, warm: tuple[str, ...],
+             cancel: threading.Event | None) -> JobResult:
     target = job_name(target)
     environ = _environ_for(env, interpret, memory_limit_mb)
     child = _take_child(environ, cwd, tuple(warm))
@@ -318,6 +364,10 @@ def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str
                     if time.monotonic() >= deadline:
                         timed_out = True
                         break
+        if timed_out:  # where it hangs: the child's faulthandler dumps its threads' stacks on SIGUSR1
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGUSR1)
+                time.sleep(HANG_DUMP_WAIT_S)
         # Grandchildren (compilers, worker pools) die with the job, whatever it returned.
         _kill_group(proc)
         seconds = time.monotonic() - start
@@ -326,8 +376,10 @@ def run_job(target: Callable | str, payload: dict, *, timeout: float, label: str
             return JobResult(False, "cancelled", error=f"{label}: cancelled (killed)", stderr_tail=stderr_tail,
                              seconds=seconds, label=label)
         if timed_out:
+            site = hang_site(_tail(stderr_path, HANG_DUMP_TAIL))
             return JobResult(False, "timeout", error=f"{label}: timed out after {timeout:g} s (killed; "
-                             "an endless loop, a deadlock or a kernel that never finishes)",
+                             "an endless loop, a deadlock or a kernel that never finishes)"
+                             + (f"; it was at {site}" if site else ""),
                              stderr_tail=stderr_tail, seconds=seconds, label=label)
         result_path = io_dir / _RESULT
         report = None
@@ -459,10 +511,20 @@ def _child_main() -> None:
 
         nbytes = int(limit) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
-    # A crash inside native code still leaves the Python stack in stderr.
+    import resource
+
+    # No core files; no file (its stderr included) past the parent's FILE_LIMIT_MB: a write past it
+    # fails (EFBIG; Python ignores SIGXFSZ).
+    file_mb = int(os.environ.pop("FASTKERNELS_JOB_FILE_MB", FILE_LIMIT_MB))
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_mb << 20, file_mb << 20))
+    # A crash inside native code still leaves the Python stack in stderr; SIGUSR1 (sent by run_job
+    # when the job runs out of time) dumps every thread's stack there before the kill.
     import faulthandler
 
     faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     _preload(preload)
     target = sys.stdin.readline().strip()  # the job: written when it is handed out; EOF: none comes
     if not target:

@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from fastkernels.judge.validate import parse
+from fastkernels.rules.secrets import scrub
 
 if TYPE_CHECKING:
     from fastkernels.registry.tasks import OperatorSpec
@@ -430,7 +431,7 @@ def build_retry_prompt(op: "OperatorSpec", code: str | None, error: str, *, cuda
         retry.append(f"```python\n{code.rstrip()}\n```")
     else:
         retry.append("(no code could be taken from that reply)")
-    retry.append(f"### The error\n\n```\n{_clip(error.strip())}\n```")
+    retry.append(f"### The error\n\n```\n{_clip(scrub(error.strip()))}\n```")  # nothing secret goes out
     retry.append(
         "Find the cause and return the complete corrected file (same format as above). A compile or "
         "import error: fix that line. A numerical mismatch: check masking of the last block, fp32 "

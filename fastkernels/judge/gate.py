@@ -117,6 +117,19 @@ def run_unit(spec, code: str, *, seeds: int = 3, timing: bool = True, cuda_only:
     return _Unit(spec, [(label, code)], opts).run(runner_job)[0]
 
 
+def scrubbed(report: UnitReport | None) -> UnitReport | None:
+    """The report with every text the candidate's process could have put in it (its errors, the
+    reasons its cases failed) scrubbed of secrets, before it reaches a prompt, a file or a log."""
+    from fastkernels.rules.secrets import scrub
+
+    if report is None:
+        return None
+    report.error = scrub(report.error) if report.error else report.error
+    for s in report.shapes:
+        s.reason = scrub(s.reason) if s.reason else s.reason
+    return report
+
+
 def _failed(spec, cuda_only, error, *, device=None, kind="exception", seconds=0.0) -> UnitReport:
     return UnitReport(op=spec.key, model_id=spec.model_id, class_name=spec.class_name,
                       device=device or ("cuda" if cuda_present() else "cpu"), cuda_only=cuda_only, passed=False,
@@ -206,10 +219,11 @@ class _Unit:
             thread.join()
             self.runner = box[0] if box else None
             try:
-                return self._finish(items, judged, timed, broken)
+                reports = self._finish(items, judged, timed, broken)
             except Exception as exc:  # noqa: BLE001 - whatever the candidate's process wrote, the gate answers
                 why = f"its results could not be read ({type(exc).__name__}: {str(exc)[:200]})"
-                return [self._report(passed=False, error=f"{item['label']}: {why}") for item in items]
+                reports = [self._report(passed=False, error=f"{item['label']}: {why}") for item in items]
+            return [scrubbed(r) for r in reports]
 
     def _converse(self, item: dict, thread) -> tuple:
         """One candidate's timed run: its outputs judged (and the baselines timed) by the referee, the

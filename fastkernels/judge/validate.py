@@ -385,7 +385,9 @@ def child_payload(code: str, expected_class_name: str, spec=None) -> tuple[dict,
 def result_of(value: dict, label: str, seconds: float) -> ValidationResult:
     """The verdict from what `_validate_in_child` returned."""
     if value.get("error"):
-        return ValidationResult(False, error=f"{label}: {value['error']}", stage=value.get("stage") or "class",
+        from fastkernels.rules.secrets import scrub
+
+        return ValidationResult(False, error=scrub(f"{label}: {value['error']}"), stage=value.get("stage") or "class",
                                 kind="ok", seconds=seconds)
     return ValidationResult(True, seconds=seconds)
 

@@ -80,6 +80,47 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
         pytest.fail("the job's grandchild outlived the timeout")
 
 
+def test_a_timed_out_job_says_where_it_hung():
+    r = job("hang_deep", timeout=3)
+    assert r.kind == "timeout"
+    # the innermost frames of its main thread, from the faulthandler dump taken before the kill
+    assert "; it was at faults.py:" in r.error and "in _spin_in_the_kernel, called from faults.py:" in r.error
+    assert "in hang_deep" in r.error, r.error
+
+
+def test_hang_site_reads_the_main_thread_and_puts_the_candidate_first():
+    from fastkernels.sandbox import hang_site
+
+    dump = """noise before
+Thread 0x00007f0000000002 (most recent call first):
+  File "/usr/lib/python3.11/threading.py", line 331 in wait
+
+Current thread 0x00007f0000000001 (most recent call first):
+  File "/x/site-packages/torch/cuda/__init__.py", line 1040 in synchronize
+  File "/tmp/fk-job-1/candidate.py", line 42 in forward
+  File "/x/fastkernels/measure/runner.py", line 480 in _call
+  File "/x/fastkernels/measure/runner.py", line 600 in _run_case
+"""
+    assert hang_site(dump) == ("candidate.py:42 in forward, called from __init__.py:1040 in synchronize, "
+                               "called from runner.py:480 in _call")
+    assert hang_site("no dump here") == ""
+
+
+def test_a_secret_in_a_jobs_error_is_scrubbed():
+    key = "sk-ant-" + "a1B2c3D4e5F6g7H8i9J0"
+    r = job("raise_a_secret", {"key": key, "token": "Zq9vX2mN8bL4kJ7hG5fD"})
+    assert r.kind == "exception"
+    assert key not in r.error and "Zq9vX2mN8bL4kJ7hG5fD" not in r.error and "[REDACTED]" in r.error
+    assert key not in r.stderr_tail and "Zq9vX2mN8bL4kJ7hG5fD" not in r.stderr_tail  # the traceback too
+
+
+def test_a_job_cannot_write_a_file_past_the_limit(monkeypatch):
+    monkeypatch.setattr("fastkernels.sandbox.FILE_LIMIT_MB", 4)
+    assert job("write_big_file", {"mb": 3}).ok
+    r = job("write_big_file", {"mb": 5})
+    assert r.kind == "exception" and "File too large" in r.error, r.error
+
+
 @pytest.mark.parametrize("name,signame", [("segfault", "SIGSEGV"), ("abort", "SIGABRT")])
 def test_hard_crash_becomes_a_result(name, signame):
     r = job(name)

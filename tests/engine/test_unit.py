@@ -428,6 +428,27 @@ def test_a_runtime_float_kernel_argument_fails_the_compile_step():
     assert run_unit(spec, honest, seeds=1).passed
 
 
+def test_a_secret_the_candidate_reads_and_raises_never_reaches_the_report_or_the_retry_prompt(tmp_path, monkeypatch):
+    """A candidate that finds a credential (here in a file; /proc/<parent>/environ, ~/.netrc) and
+    raises it: the gate's report and the prompt of the next attempt carry it blanked."""
+    from fastkernels.agent.prompts import build_retry_prompt
+
+    secret = "Qm7cV9xT2pL5wR8zK3nB6yH4"
+    monkeypatch.setenv("FK_PROBE_API_KEY", secret)  # a secret of this process, by the one definition
+    (tmp_path / "stolen.txt").write_text(secret)
+    spec = build_spec(1, "rms_norm", MODEL, tiny=True)
+    code = cheat("correct_rms_norm").replace(
+        "        return rms_norm(x, self.weight, self.variance_epsilon)",
+        f"        raise RuntimeError('found ' + open({str(tmp_path / 'stolen.txt')!r}).read())")
+    assert code.count("found ") == 1
+    r = run_unit(spec, code, seeds=1)
+    assert not r.passed
+    message = r.failure_message()
+    assert "found [REDACTED]" in message and secret not in message
+    prompt = build_retry_prompt(spec, code, f"{message}; and raw: {secret}")
+    assert secret not in prompt.user and "raw: [REDACTED]" in prompt.user
+
+
 def test_routed_outputs_may_differ_on_a_few_rows_only():
     """A mixture of experts flips a token's expert where two router scores nearly tie: that row
     differs by far more than rounding. Up to ROUTED_ROWS of the rows may; more fails, and outside a

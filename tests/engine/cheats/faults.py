@@ -82,3 +82,24 @@ def forge_result_list(payload):
     with open(os.path.join(sys.argv[1], "result.json"), "w") as fh:
         fh.write("[0]")
     os._exit(0)
+
+
+def _spin_in_the_kernel():
+    while True:
+        time.sleep(0.01)
+
+
+def hang_deep(payload):
+    return _spin_in_the_kernel()
+
+
+def raise_a_secret(payload):
+    """A job that read a credential (another process's environment, a file) and raises it."""
+    raise RuntimeError(f"launch failed; by the way the key is {payload['key']} and token={payload['token']}")
+
+
+def write_big_file(payload):
+    with open("big.bin", "wb") as fh:
+        for _ in range(payload["mb"]):
+            fh.write(b"\0" * (1 << 20))
+    return "written"
