@@ -351,7 +351,10 @@ def _cmd_check(args) -> int:
         preflight()
     from fastkernels.registry.tasks import kernel_source
 
-    code = kernel_source(path)  # a library file comes with its shared pieces spliced in
+    try:
+        code = kernel_source(path)  # a library file comes with its shared pieces spliced in
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a text file (not UTF-8): pass the kernel's Python source") from None
     level = check_level(args.level)
     small = args.tiny or not cuda_present()  # the interpreter only gets through small shapes
     specs = discover(args.model, level, tiny=args.tiny, workload=Workload.default(small=small))

@@ -57,6 +57,19 @@ class OpStatus(str, Enum):
 ACCEPTED = (OpStatus.CORRECT, OpStatus.APPROVED, OpStatus.PENDING_REVIEW)
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse now, in one line, an output folder the run could not write (before any gate runs)."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the nearest part that exists is where the folder would be made
+    if probe == out and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: name a folder for the kernels")
+    if not probe.is_dir():
+        raise UsageError(f"--out {out}: {probe} is a file, so the folder cannot be made; name another")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {probe} is not writable by this user; name a folder you can write")
+
+
 @dataclass
 class AgentConfig:
     model: str
@@ -87,6 +100,7 @@ class AgentConfig:
             raise UsageError("--concurrency must be at least 1")
         if self.tp < 1:
             raise UsageError("--tp must be at least 1")
+        check_out_dir(self.out_dir)
         if self.e2e and not self.tiny:  # refused now, not by the OOM killer minutes in
             from fastkernels.models.catalog import check_fits_without_gpu
             from fastkernels.sandbox import cuda_present

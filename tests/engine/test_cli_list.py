@@ -64,3 +64,19 @@ def test_bad_level_exits_nonzero_with_one_line(capsys, level):
     assert "Traceback" not in captured.err + captured.out
     lines = [ln for ln in captured.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "bad level" in lines[0] and "1 (kernels)" in lines[0], captured.err
+
+
+def test_a_binary_kernel_file_and_an_out_that_is_a_file_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FASTKERNELS_TRACKING", "0")
+    blob = tmp_path / "kernel.py"
+    blob.write_bytes(bytes(range(128, 256)) * 4)
+    assert cli.main(["check", str(blob), "--level", "1", "--tiny"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {blob} is not a text file (not UTF-8): pass the kernel's Python source", err
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    for out, says in ((taken, f"--out {taken} is a file, not a folder"),
+                      (taken / "sub", f"--out {taken / 'sub'}: {taken} is a file, so the folder cannot be made")):
+        assert cli.main(["agent", "--tiny", "--level", "1", "--llm-model", "library", "--out", str(out)]) != 0
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {says}") and "\n" not in err, err
