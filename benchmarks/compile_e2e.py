@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import statistics
 import sys
@@ -121,6 +122,23 @@ def profile_decode(model, prompt, tiny: bool, top: int = 12) -> list[dict]:
     return [{"kernel": "(all kernels)", "calls": sum(r["calls"] for r in rows), "us": total}] + rows[:top]
 
 
+class Hints(logging.Handler):
+    """Inductor's perf hints about CUDA graphs ("skipping cudagraphs due to ..."): a compiled decode
+    step that is not replayed as a graph pays every launch on the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if "cudagraph" in msg.lower() and len(self.lines) < 20:
+            self.lines.append(msg[:300])
+
+
+HINTS = Hints()
+
+
 def teacher_forced(base, model, prompt) -> dict:
     """The patched model's logits against the baseline's on the same tokens (one eager forward of
     the prompt, no cache): where greedy decoding of random weights parts ways at a near-tie, this
@@ -155,6 +173,7 @@ def run_phase(name: str, base, prompt, args, device, log) -> dict:
                 _, _, out = timed_generate(m, prompt, args.new, True, args.tiny)
             phase.setdefault("tokens", {})[label] = out[0, prompt.shape[1]:].tolist()
         phase["compile_and_warmup_s"] = round(time.perf_counter() - t0, 1)
+        phase["cudagraph_hints"], HINTS.lines = HINTS.lines, []
         log(f"{name}: compiled and warm in {phase['compile_and_warmup_s']} s")
         phase["tokens_match"] = phase["tokens"]["baseline"] == phase["tokens"][name]
         res = {label: {"prefill": [], "decode": []} for label in models}
@@ -222,6 +241,9 @@ def write_summary(result: dict, path: Path) -> None:
                       f"baseline): top-1 agree {t['top1_agree']:.4f}, max |diff| {t['max_abs']}, mean |diff| "
                       f"{t['mean_abs']} (logit std {t['logit_std']}); {t['near_ties']} positions have a top-2 "
                       "margin below the largest difference."]
+        if ph.get("cudagraph_hints"):
+            lines += ["", "Inductor's CUDA-graph hints while compiling (baseline and patched):", ""]
+            lines += [f"- `{h}`" for h in ph["cudagraph_hints"]]
         if "tokens_match" in ph:
             lines += ["", f"Greedy tokens equal to the baseline's: {ph['tokens_match']}; compile + warm-up "
                       f"{ph.get('compile_and_warmup_s')} s."]
@@ -265,6 +287,8 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
+    torch._logging.set_logs(perf_hints=True)
+    logging.getLogger("torch").addHandler(HINTS)
     base = build(args.tiny, device)
     vocab = base.config.vocab_size
     prompt = torch.randint(3, vocab, (1, args.prompt), generator=torch.Generator().manual_seed(1)).to(device)
