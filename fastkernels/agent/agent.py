@@ -150,6 +150,12 @@ class OpState:
         }
 
 
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -175,6 +181,7 @@ class Agent:
         self._cancelled = threading.Event()
         self.e2e_report: E2EReport | None = None
         self._ceilings: dict | None = None
+        self._recheck: dict[str, str] = {}  # op -> why its saved kernel is checked again on resume
         from fastkernels.gpu.devices import GpuPool
 
         # Unit jobs of different operators run at once, one per GPU (a no-op without a GPU).
@@ -201,9 +208,10 @@ class Agent:
             self.publish(state.spec.name)
             return
         path = self.kernel_path(state.spec.name)
+        side = {**state.sidecar(), "run": self.run_key(), "code_sha256": _sha256(state.code)}
         with self._lock:
             _atomic_write(path, state.code)
-            _atomic_write(path.with_suffix(".json"), json.dumps(state.sidecar(), indent=2, default=str))
+            _atomic_write(path.with_suffix(".json"), json.dumps(side, indent=2, default=str))
             state.path = path
         self.emit(ev.KernelSaved(op=state.spec.name, path=str(path), status=state.status.value))
         self.publish(state.spec.name)
@@ -271,24 +279,65 @@ class Agent:
         self.emit(ev.Discovered(model_id=cfg.model, level=cfg.level, ops=[s.name for s in specs]))
         return specs
 
+    def run_key(self) -> dict:
+        """What a saved kernel's verdict holds for: a resume under anything else checks it again."""
+        cfg = self.config
+        return {"model": cfg.model, "tiny": cfg.tiny, "tp": cfg.tp, "level": cfg.level, "cuda_only": cfg.cuda_only}
+
     def _load_saved(self, state: OpState) -> None:
-        path = self.kernel_path(state.spec.name)
+        """A saved kernel and its verdict, trusted only when its status file is whole, was written for
+        this run's model, tiny, tp, level and --cuda-only, and holds the hash of the kernel file as
+        it is now; otherwise the kernel is checked again (one line says why), or generated again
+        when there is no readable kernel."""
+        op = state.spec.name
+        path = self.kernel_path(op)
         side = path.with_suffix(".json")
-        if not (path.is_file() and side.is_file()):
+        if not (path.is_file() or side.is_file()):
             return
         try:
             meta = json.loads(side.read_text())
-            status = OpStatus(meta["status"])
-        except (ValueError, KeyError):
-            return  # a half-written or foreign sidecar: regenerate this op
-        state.code = path.read_text()
-        state.status = status
-        state.attempt = int(meta.get("attempt", 0))
-        state.origin = meta.get("origin", "")
-        state.unit = UnitReport.from_dict(meta["unit"]) if isinstance(meta.get("unit"), dict) else None
-        state.best_speedup = meta.get("best_speedup")
-        state.last_error = meta.get("last_error")
-        state.path = path
+        except (OSError, ValueError):  # missing, half-written, binary
+            meta = None
+        try:
+            code = path.read_text()
+        except (OSError, ValueError):
+            code = None
+        if code is None:
+            self.emit(ev.Message(text=f"{state.spec.key}: its saved kernel file is missing or not text: "
+                                      "generated again"))
+            return
+        statuses = {s.value for s in OpStatus}
+        why = None
+        if not isinstance(meta, dict) or meta.get("status") not in statuses:
+            why = "its status file is missing or unreadable"
+        elif not isinstance(meta.get("run"), dict):
+            why = "its status file records no run (written by an older fastkernels)"
+        elif meta["run"] != self.run_key():
+            here = self.run_key()
+            diff = ", ".join(f"{k} {meta['run'].get(k)!r} there, {v!r} here" for k, v in here.items()
+                             if meta["run"].get(k) != v)
+            why = f"it was judged for another run ({diff})"
+        elif meta.get("code_sha256") != _sha256(code):
+            why = "the kernel file changed since it was judged"
+        state.code, state.path = code, path
+        if why is not None:
+            self._recheck[op] = why
+            self.emit(ev.Message(text=f"{state.spec.key}: {why}: checked again"))
+            return
+        try:
+            attempt = int(meta.get("attempt", 0))
+            unit = UnitReport.from_dict(meta["unit"]) if isinstance(meta.get("unit"), dict) else None
+        except (TypeError, ValueError, KeyError):
+            self._recheck[op] = "its status file is garbled"
+            self.emit(ev.Message(text=f"{state.spec.key}: its status file is garbled: checked again"))
+            return
+        state.status = OpStatus(meta["status"])
+        state.attempt, state.unit = attempt, unit
+        state.origin = str(meta.get("origin", ""))
+        best = meta.get("best_speedup")
+        state.best_speedup = best if isinstance(best, (int, float)) else None
+        last = meta.get("last_error")
+        state.last_error = last if isinstance(last, str) else None
 
     def _done(self, state: OpState) -> bool:
         return state.status in (*ACCEPTED, OpStatus.REJECTED) or (
@@ -524,6 +573,23 @@ class Agent:
         for gpu in self.gpus.gpus or [None]:
             prewarm(GATE_PRELOAD, env=GpuPool.job_env(gpu))
 
+    def _resume_op(self, op: str) -> OpState:
+        """A saved kernel that resume could not trust goes through the gate again (kept if it
+        passes, the next attempt's starting point if not); any other operator is generated."""
+        why = self._recheck.pop(op, None)
+        state = self.states[op]
+        if why is None or state.code is None or self.cancelled:
+            return self.generate_op(op)
+        self._set(state, OpStatus.VALID)
+        passed, err, stage = self._check(state, state.code)
+        state.last_error = err
+        if passed:
+            self._set(state, self._accept_status())
+            self._save(state)
+            return state
+        self.emit(ev.ValidationFailed(op=op, attempt=state.attempt, error=err, stage=stage))
+        return self.generate_op(op, failure=err)
+
     def _generate_all(self, ops: list[str]) -> None:
         self._in_pool(self.generate_op, ops)
 
@@ -561,7 +627,7 @@ class Agent:
                     self.emit(ev.Message(text=f"resumed: {skipped} operator(s) already done"))
                 if todo and not cfg.skip_unit_tests:
                     self._prewarm_gates()
-                self._generate_all(todo)
+                self._in_pool(self._resume_op, todo)
                 if cfg.e2e and not self.cancelled:
                     for round_ in range(cfg.blame_rounds + 1):
                         report = self.run_e2e()

@@ -391,3 +391,45 @@ def test_sigterm_stops_the_agent_like_ctrl_c_and_leaves_no_process(tmp_path):
     assert sum(r["status"] == "approved" for r in summary["ops"]) < len(summary["ops"]) == 6, summary["ops"]
     assert json.loads((out / "L1" / "summary.json").read_text())["total"] >= 1
     assert not alive, [p.pid for p in alive]
+
+
+def test_resume_checks_again_what_it_cannot_trust(tmp_path):
+    """A saved verdict holds for the kernel file it judged and the run it was judged in: a swapped
+    file, a status file that is garbled, or a resume under another model is checked again (one
+    line says why), and a kernel that fails that check is regenerated from it."""
+    out = tmp_path / "out"
+    ops = ["rms_norm", "silu_and_mul", "embedding"]
+
+    def run(model=MODEL):
+        rec = ev.Recorder()
+        agent = Agent(AgentConfig(model=model, level=1, tiny=True, skip_unit_tests=True, e2e=False, resume=True,
+                                  ops=ops, out_dir=out), sink=rec, backend=get_backend("library"))
+        agent.discover()
+        return agent, agent.run(), rec
+
+    agent, summary, _ = run()
+    assert summary["passing"] == 3
+    side = json.loads((out / "L1" / "rms_norm.json").read_text())
+    assert side["run"] == {"model": MODEL, "tiny": True, "tp": 1, "level": 1, "cuda_only": False}
+    assert len(side["code_sha256"]) == 64
+
+    _, summary, rec = run()  # nothing changed: nothing is checked or generated
+    assert not rec.of(ev.GenerationStarted) and not rec.of(ev.ValidationFailed) and summary["passing"] == 3
+
+    # a kernel file swapped for one that does not define the class; a garbled status file
+    (out / "L1" / "silu_and_mul.py").write_text((out / "L1" / "rms_norm.py").read_text())
+    (out / "L1" / "embedding.json").write_text("null")
+    agent, summary, rec = run()
+    said = [m.text for m in rec.of(ev.Message)]
+    assert "L1/silu_and_mul: the kernel file changed since it was judged: checked again" in said, said
+    assert "L1/embedding: its status file is missing or unreadable: checked again" in said, said
+    assert [e.op for e in rec.of(ev.ValidationFailed)] == ["silu_and_mul"]  # the swap fails its check...
+    assert [e.op for e in rec.of(ev.GenerationStarted)] == ["silu_and_mul"]  # ...and is regenerated
+    assert summary["passing"] == 3 and "class SiluAndMul" in agent.states["silu_and_mul"].code
+
+    # the same folder resumed for another model: every kernel is checked for it, none regenerated
+    _, summary, rec = run("Qwen/Qwen3-8B")
+    said = [m.text for m in rec.of(ev.Message)]
+    assert sum("judged for another run (model 'meta-llama/Llama-3.1-8B-Instruct' there, 'Qwen/Qwen3-8B' here)"
+               in m for m in said) == 3, said
+    assert not rec.of(ev.GenerationStarted) and summary["passing"] == 3
