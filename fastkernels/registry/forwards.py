@@ -133,6 +133,25 @@ def cache_kwarg(cls) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def read_static(cache, layer_idx: int, seq: int):
+    """(keys, values, cache_position) of one layer of HF's static cache (`StaticLayer`: what
+    `cache_implementation="static"` and a compiled decode step use) once its buffers exist: the
+    whole preallocated [B, Hkv, L, D] buffers and this step's `seq` slots, computed on the device
+    from the layer's own counter (no host read: the step replays as a CUDA graph). None for any
+    other cache (sliding-window static layers included) or before the first write."""
+    layers = getattr(cache, "layers", None) if cache is not None else None
+    if layers is None or layer_idx >= len(layers):
+        return None
+    layer = layers[layer_idx]
+    if type(layer).__name__ != "StaticLayer" or not getattr(layer, "is_initialized", False):
+        return None
+    count = getattr(layer, "cumulative_length", None)
+    if not torch.is_tensor(count) or layer.keys is None:
+        return None
+    slots = torch.arange(seq, device=layer.keys.device) + count.reshape(-1)[:1]
+    return layer.keys, layer.values, slots
+
+
 def read_past(cache, layer_idx: int, like: torch.Tensor, kv_heads: int, head_dim: int):
     """(past_key, past_value) [B, Hkv, P, D] of one layer from an HF cache (P may be 0)."""
     if cache is not None:
@@ -273,16 +292,28 @@ def adapt_rms_norm(site: Site, width: int):
     return forward
 
 
+def run_over_cache(run, cache, layer_idx: int, hidden_states, cos, sin, kv_heads: int, head_dim: int):
+    """An attention block or decoder layer operator over one layer of the HF cache: the static-cache
+    form (whole buffers and this step's slots) over a static cache, else the cached keys so far;
+    this step's keys and values then go into the cache. Returns the operator's output."""
+    static = read_static(cache, layer_idx, hidden_states.shape[1])
+    if static is not None:
+        out, key, value = run(hidden_states, cos, sin, *static)
+    else:
+        past_key, past_value = read_past(cache, layer_idx, hidden_states, kv_heads, head_dim)
+        out, key, value = run(hidden_states, cos, sin, past_key, past_value)
+    if cache is not None:
+        cache.update(key, value, layer_idx)
+    return out
+
+
 def adapt_attention_block(site: Site, layer_idx: int, kv_heads: int, head_dim: int):
     run = site.entry
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         cache = _pop_cache(kwargs)
         cos, sin = position_embeddings
-        past_key, past_value = read_past(cache, layer_idx, hidden_states, kv_heads, head_dim)
-        out, key, value = run(hidden_states, cos, sin, past_key, past_value)
-        if cache is not None:
-            cache.update(key, value, layer_idx)
+        out = run_over_cache(run, cache, layer_idx, hidden_states, cos, sin, kv_heads, head_dim)
         return out, None
 
     return forward
@@ -294,10 +325,7 @@ def adapt_decoder_layer(site: Site, layer_idx: int, kv_heads: int, head_dim: int
     def forward(self, hidden_states, position_embeddings=None, **kwargs):
         cache = _pop_cache(kwargs)
         cos, sin = position_embeddings
-        past_key, past_value = read_past(cache, layer_idx, hidden_states, kv_heads, head_dim)
-        out, key, value = run(hidden_states, cos, sin, past_key, past_value)
-        if cache is not None:
-            cache.update(key, value, layer_idx)
+        out = run_over_cache(run, cache, layer_idx, hidden_states, cos, sin, kv_heads, head_dim)
         return out
 
     return forward

@@ -79,11 +79,31 @@ def causal_mask(config, hidden_states, cache, past: int):
     return create_causal_mask(**kwargs)
 
 
-def _run_with_cache(module, hidden_states, cos, sin, past_key, past_value, config):
+def static_cache(config, past_key, past_value, filled: int):
+    """HF's StaticCache of past_key.shape[2] slots whose layer 0 holds the buffers past_key /
+    past_value (their rows from `filled` on stale) with its counter at `filled`: the state a
+    static-cache decode step finds."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=config, max_cache_len=past_key.shape[2])
+    layer = cache.layers[0]
+    layer.lazy_initialization(past_key, past_value)
+    layer.keys.copy_(past_key)
+    layer.values.copy_(past_value)
+    layer.cumulative_length.fill_(filled)
+    return cache
+
+
+def _run_with_cache(module, hidden_states, cos, sin, past_key, past_value, cache_position=None, *, config):
     """Run an HF attention module or decoder layer (layer_idx 0) over a pre-filled cache; returns
-    (its first output, new key, new value)."""
-    past = past_key.shape[2]
-    cache = prefilled_cache([past_key], [past_value])
+    (its first output, new key, new value). With `cache_position` (the static-cache form) the cache
+    is HF's StaticCache holding the buffers, and HF writes and masks as its static path does."""
+    if cache_position is not None:
+        past = int(cache_position[0])
+        cache = static_cache(config, past_key, past_value, past)
+    else:
+        past = past_key.shape[2]
+        cache = prefilled_cache([past_key], [past_value])
     mask = causal_mask(config, hidden_states, cache, past)
     positions = torch.arange(past, past + hidden_states.shape[1], device=hidden_states.device).unsqueeze(0)
     out = module(
@@ -96,7 +116,8 @@ def _run_with_cache(module, hidden_states, cos, sin, past_key, past_value, confi
     )
     out = out[0] if isinstance(out, tuple) else out
     key, value = new_kv(cache, 0, past)
-    return out, key, value
+    s = hidden_states.shape[1]
+    return out, key[:, :, :s], value[:, :, :s]  # a static buffer goes on past the new rows
 
 
 @reference("attention_block")

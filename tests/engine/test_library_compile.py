@@ -50,12 +50,15 @@ def ids(batch=2, seq=7, seed=0):
     return torch.randint(3, 512, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
-def compiled(fn, seen: set):
+def compiled(fn, seen: set, graphs: list | None = None):
     """torch.compile(fn, fullgraph=True) with BACKEND; `seen` collects the (namespace, name) of every
-    operator of a library file (namespace fk_...) in the graphs Dynamo hands over."""
+    operator of a library file (namespace fk_...) in the graphs Dynamo hands over, `graphs` the
+    graphs (one per compile: a recompile adds one)."""
     from torch._dynamo.backends.registry import lookup_backend
 
     def backend(gm, example_inputs):
+        if graphs is not None:
+            graphs.append(gm)
         for node in gm.graph.nodes:
             if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
                 ns, _, name = node.target.name().partition("::")
@@ -101,6 +104,35 @@ def test_static_cache_generate_through_the_compiled_forward_keeps_the_tokens():
         got = model.generate(prompt, **kwargs)
     assert {name for _, name in seen} == set(only)
     assert torch.equal(got, want), (got[0, -6:].tolist(), want[0, -6:].tolist())
+    handle.unpatch()
+
+
+@pytest.mark.parametrize("family,level", [("llama", 2), ("llama", 3), ("qwen3", 3)])
+def test_blocks_take_the_static_cache_form_under_the_compiled_forward(family, level):
+    """Attention blocks and decoder layers over HF's static cache: the binding hands them the whole
+    preallocated buffers and this step's slots (cache_position, computed on the device), so the
+    compiled decode step has static shapes and no data-dependent branch (on the H100 the L2
+    library failed here before: `if past` on a length read from the cache). Greedy tokens match
+    the unpatched model's."""
+    torch._dynamo.reset()  # the compiles of the tests before share these code objects' recompile limit
+    model = tiny(family)
+    prompt = ids(batch=1)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static", pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(prompt, **kwargs)
+        handle = fastkernels.patch(model, LIBRARY, level=level)
+        seen: set = set()
+        model.forward = compiled(model.forward, seen, graphs := [])
+        got = model.generate(prompt, **kwargs)
+        again = model.generate(prompt, **kwargs)  # the cache reset and reused: slots start at 0 again
+    assert seen, "the compiled graphs call the library's operators"
+    # no host read of the cache's length in the graphs (the old binding sliced the buffers at
+    # get_seq_length(): an .item() per layer, a data-dependent shape), and no recompile per position
+    reads = [n.target for g in graphs for n in g.graph.nodes if "local_scalar_dense" in str(n.target) or
+             str(n.target).endswith("item")]
+    assert reads == [] and len(graphs) == 2, (reads, len(graphs))  # one prefill graph, one decode graph
+    assert torch.equal(got, want), (got[0, -6:].tolist(), want[0, -6:].tolist())
+    assert torch.equal(again, want)
     handle.unpatch()
 
 

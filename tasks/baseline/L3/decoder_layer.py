@@ -12,7 +12,15 @@ hidden_states is [B, S, H]; cos, sin [B, S, D] are the rotary angles of position
 (in the activations' dtype); past_key, past_value [B, Hkv, P, D] are the layer's cached keys
 (after rope) and values (P may be 0). The causal mask is aligned bottom-right: new token i sees
 keys 0..P+i. Returns (hidden [B, S, H], key [B, Hkv, S, D], value [B, Hkv, S, D]) where key/value
-are this step's new cache entries (key after rope)."""
+are this step's new cache entries (key after rope).
+
+The static-cache form (HF `cache_implementation="static"`, the path a compiled decode step takes):
+with `cache_position` (int64 [S], this step's slots in the cache, consecutive), past_key and
+past_value are the layer's whole preallocated buffers [B, Hkv, L, D], of which only rows
+0..cache_position[0]-1 hold keys; the rows from cache_position[0] on are stale and must not be
+attended. New token i sees those valid rows and the new keys 0..i. The caller writes the returned
+key/value into the buffers afterwards. Nothing of cache_position may be read on the host (no
+.item()): the step is replayed as a CUDA graph, with the same buffers, at every position."""
 
 import torch
 from torch import nn
@@ -62,7 +70,7 @@ class SelfAttention(nn.Module):
             return x
         return x[:, :, None, :, :].expand(b, hkv, n_rep, length, d).reshape(b, hkv * n_rep, length, d)
 
-    def forward(self, hidden_states, cos, sin, past_key, past_value):
+    def forward(self, hidden_states, cos, sin, past_key, past_value, cache_position=None):
         b, s, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(b, s, self.num_kv_heads, self.head_dim)
@@ -83,7 +91,10 @@ class SelfAttention(nn.Module):
         scores = torch.matmul(q, self.repeat_kv(keys).transpose(2, 3)) * self.scaling
         query_pos = torch.arange(past, past + s, device=q.device)[:, None]
         key_pos = torch.arange(past + s, device=q.device)[None, :]
-        mask = torch.where(key_pos <= query_pos, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
+        seen = key_pos <= query_pos
+        if cache_position is not None:  # the valid rows of the static buffer, then the new keys causally
+            seen = (key_pos < cache_position[:1, None]) | ((key_pos >= past) & seen)
+        mask = torch.where(seen, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
         probs = F.softmax(scores + mask, dim=-1, dtype=torch.float32).to(q.dtype)
         attn = torch.matmul(probs, self.repeat_kv(values))  # [B, Hq, S, D]
         attn = attn.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
@@ -121,9 +132,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(hidden_size, eps)
         self.post_attention_layernorm = RMSNorm(hidden_size, eps)
 
-    def forward(self, hidden_states, cos, sin, past_key, past_value):
+    def forward(self, hidden_states, cos, sin, past_key, past_value, cache_position=None):
         residual = hidden_states
-        h, key, value = self.self_attn(self.input_layernorm(hidden_states), cos, sin, past_key, past_value)
+        h, key, value = self.self_attn(self.input_layernorm(hidden_states), cos, sin, past_key, past_value,
+                                       cache_position)
         h = residual + h
         h = h + self.mlp(self.post_attention_layernorm(h))
         return h, key, value
@@ -132,6 +144,7 @@ class DecoderLayer(nn.Module):
 # ---- task metadata (read by the harness) ----------------------------------------------------
 
 CLASS_NAME = "DecoderLayer"
+STATIC_SLACK = 16  # stale rows past the valid ones in the static-cache shape's buffers
 FAMILIES = {
     "llama": "LlamaDecoderLayer",
     "mistral": "MistralDecoderLayer",
@@ -170,6 +183,9 @@ def shapes(config, workload):
     return {
         "prefill": {"batch": workload.batch, "seq": workload.prefill_len, "past": 0, "bound": "compute"},
         "decode": {"batch": workload.batch, "seq": 1, "past": workload.decode_context, "bound": "memory"},
+        # a compiled decode step over HF's static cache: the buffers have STATIC_SLACK stale rows more
+        "decode_static": {"batch": workload.batch, "seq": 1, "past": workload.decode_context,
+                          "max_len": workload.decode_context + STATIC_SLACK, "bound": "memory"},
     }
 
 
@@ -194,6 +210,10 @@ def make_inputs(config, shape, dtype, device, generator):
         return torch.randn(*size, dtype=torch.float32, device=device, generator=generator).to(dtype)
 
     cos, sin = rotary_cos_sin(config, b, s, p, dtype, device)
+    if "max_len" in shape:  # the static-cache form: whole buffers (stale rows random too), the slots
+        length = shape["max_len"]
+        return (draw(b, s, config.hidden_size), cos, sin, draw(b, hkv, length, d), draw(b, hkv, length, d),
+                torch.arange(p, p + s, device=device))
     return draw(b, s, config.hidden_size), cos, sin, draw(b, hkv, p, d), draw(b, hkv, p, d)
 
 

@@ -13,6 +13,11 @@ so the norm's sum of squares and the rotation need no shuffles. Rounding as the 
 casts the normalised value to the input dtype before the weight multiply (and the product rounds
 again); q*cos and rotate_half(q)*sin round to the input dtype, then their sum does.
 
+The static-cache form (cache_position given: the whole preallocated buffers, valid up to
+cache_position[0]) concatenates the new keys after the buffers and masks the stale rows out with a
+boolean mask built on the device (static_mask), so a compiled decode step has static shapes and
+reads nothing on the host.
+
 Attention: F.scaled_dot_product_attention. Its is_causal mask is aligned top-left, the baseline's
 bottom-right (new token i sees keys 0..P+i): with no past (P = 0) both agree; with one new token
 (decode) it sees every key, so no mask at all; otherwise an explicit boolean mask is built.
@@ -45,5 +50,5 @@ class AttentionBlock(SelfAttention):
                  qkv_bias: bool, qk_norm: bool, o_bias: bool = False):
         super().__init__(hidden_size, num_heads, num_kv_heads, head_dim, eps, qkv_bias, qk_norm, o_bias)
 
-    def forward(self, hidden_states, cos, sin, past_key, past_value):
-        return super().forward(hidden_states, cos, sin, past_key, past_value)
+    def forward(self, hidden_states, cos, sin, past_key, past_value, cache_position=None):
+        return super().forward(hidden_states, cos, sin, past_key, past_value, cache_position)

@@ -59,9 +59,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(hidden_size, eps)
         self.post_attention_layernorm = RMSNorm(hidden_size, eps)
 
-    def forward(self, hidden_states, cos, sin, past_key, past_value):
+    def forward(self, hidden_states, cos, sin, past_key, past_value, cache_position=None):
         ln1, ln2 = self.input_layernorm, self.post_attention_layernorm
         _, x = add_rms_norm(hidden_states, None, ln1.weight, ln1.variance_epsilon)
-        a, key, value = self.self_attn(x, cos, sin, past_key, past_value)
+        a, key, value = self.self_attn(x, cos, sin, past_key, past_value, cache_position)
         h, x = add_rms_norm(a, hidden_states, ln2.weight, ln2.variance_epsilon)  # residual add + norm, one pass
         return h + self.mlp(x), key, value

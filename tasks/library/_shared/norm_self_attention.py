@@ -107,7 +107,7 @@ class SelfAttention(nn.Module):
             self.q_norm = RMSNorm(head_dim, eps)
             self.k_norm = RMSNorm(head_dim, eps)
 
-    def forward(self, hidden_states, cos, sin, past_key, past_value):
+    def forward(self, hidden_states, cos, sin, past_key, past_value, cache_position=None):
         b, s, _ = hidden_states.shape
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         q = F.linear(hidden_states, self.q_proj.weight, self.q_proj.bias).view(b, s, hq, d)
@@ -118,9 +118,14 @@ class SelfAttention(nn.Module):
         q = rope_rows(q, cos, sin, qw, self.eps).transpose(1, 2)  # [B, Hq, S, D]
         k = rope_rows(k, cos, sin, kw, self.eps).transpose(1, 2)  # [B, Hkv, S, D], baseline's layout
         v = v.transpose(1, 2)
-        past = past_key.shape[2]
-        keys = torch.cat([past_key, k], dim=2) if past else k
-        values = torch.cat([past_value, v], dim=2) if past else v
-        attn = attend(q, keys, values, self.scaling, sdpa=q.is_cuda)  # [B, Hq, S, D]
+        if cache_position is not None:  # the static-cache form: whole buffers, the valid rows masked in
+            keys, values = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
+            allowed = static_mask(s, past_key.shape[2], cache_position)
+            attn = attend(q, keys, values, self.scaling, sdpa=q.is_cuda, allowed=allowed)
+        else:
+            past = past_key.shape[2]
+            keys = torch.cat([past_key, k], dim=2) if past else k
+            values = torch.cat([past_value, v], dim=2) if past else v
+            attn = attend(q, keys, values, self.scaling, sdpa=q.is_cuda)  # [B, Hq, S, D]
         attn = attn.transpose(1, 2).reshape(b, s, hq * d)
         return F.linear(attn, self.o_proj.weight, self.o_proj.bias), k, v

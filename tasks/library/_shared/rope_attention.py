@@ -108,9 +108,19 @@ def causal_mask(s: int, past: int, device) -> torch.Tensor:
     return torch.arange(past + s, device=device)[None, :] <= query_pos
 
 
-def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float, sdpa: bool) -> torch.Tensor:
+def static_mask(s: int, length: int, cache_position: torch.Tensor) -> torch.Tensor:
+    """[S, L+S] boolean of the static-cache form: the L buffer rows before cache_position[0] (the
+    valid ones), then the S new keys causally. Built on the device: no host read of the position."""
+    key_pos = torch.arange(length + s, device=cache_position.device)[None, :]
+    new = (key_pos >= length) & (key_pos <= torch.arange(length, length + s, device=cache_position.device)[:, None])
+    return (key_pos < cache_position[:1, None]) | new
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float, sdpa: bool,
+           allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Causal (bottom-right) grouped-query attention of q [B, Hq, S, D] over keys/values
-    [B, Hkv, P+S, D] -> [B, Hq, S, D].
+    [B, Hkv, P+S, D] -> [B, Hq, S, D]; `allowed` ([S, P+S] boolean) replaces the causal mask (the
+    static-cache form, static_mask).
 
     sdpa=True (CUDA): F.scaled_dot_product_attention (fused flash / memory-efficient kernels). Its
     is_causal mask is aligned top-left; with no past (P = 0) that is the same mask, one new token
@@ -123,6 +133,9 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: f
     past = length - s
     hq, hkv = q.shape[1], keys.shape[1]
     if sdpa:
+        if allowed is not None:
+            return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, scale=scaling,
+                                                  enable_gqa=hq != hkv)
         if past == 0 and s > 1:
             mask, causal = None, True
         elif s == 1:
@@ -135,6 +148,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: f
     # group the query heads by their kv head: [B, Hkv, rep*S, D] against [B, Hkv, P+S, D], no copy of the cache
     qg = q.reshape(b, hkv, (hq // hkv) * s, d)
     scores = torch.matmul(qg, keys.transpose(2, 3)).view(b, hq, s, length) * scaling
-    scores = scores.masked_fill(~causal_mask(s, past, q.device), torch.finfo(scores.dtype).min)
+    seen = causal_mask(s, past, q.device) if allowed is None else allowed
+    scores = scores.masked_fill(~seen, torch.finfo(scores.dtype).min)
     probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs.view(b, hkv, (hq // hkv) * s, length), values).view(b, hq, s, d)
