@@ -5,7 +5,8 @@
 # unit tests; with STEPS="fairness gate_wall", the stopwatch's fairness (each baseline timed as its
 # own candidate must read 1.00) and the warm gate's wall time. One status line per step.
 #
-#     OUT=/tmp/fk-gpu bash benchmarks/gpu_judge.sh                       # smoke, gpu_tests, unit_tests
+#     OUT=/tmp/fk-gpu bash benchmarks/gpu_judge.sh                       # smoke, gpu_tests
+#     (one device call holds smoke + gpu_tests; unit_tests in the next: STEPS=unit_tests)
 #     OUT=/tmp/fk-gpu STEPS="fairness gate_wall" bash benchmarks/gpu_judge.sh
 set -u
 OUT=${OUT:-/tmp/fk-gpu}
@@ -16,7 +17,7 @@ STATUS=$OUT/status.txt
 . "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$R/gpu.txt" 2>&1
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" >> "$R/gpu.txt" 2>&1
-for s in ${STEPS:-smoke gpu_tests unit_tests}; do
+for s in ${STEPS:-smoke gpu_tests}; do
   case $s in
     smoke) step smoke 150 python3 -c "
 import json, sys, time
@@ -31,8 +32,10 @@ for s in r.shapes:
 json.dump(r.to_dict(), open('$R/smoke.json', 'w'), indent=1)
 sys.exit(0 if r.passed else 1)"
       grep -q "^smoke rc=0" "$STATUS" || { echo "smoke failed: the rest skipped" | tee -a "$STATUS"; break; } ;;
-    gpu_tests) step gpu_tests 240 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/engine/test_anticheat.py tests/engine/test_sandbox.py ;;
-    unit_tests) step unit_tests 200 python3 -m pytest -q -p no:cacheprovider -rs tests/engine/test_unit.py ;;
+    # Each GPU-marked test runs a cold full-size gate (~80 s on a fresh machine, 2026-12-07): four at
+    # a time (pytest-xdist, on the device's python) so the step holds them; -v names each verdict.
+    gpu_tests) step gpu_tests 420 python3 -m pytest -q -v -n 4 -p no:cacheprovider -m gpu -rs tests/engine/test_anticheat.py tests/engine/test_sandbox.py ;;
+    unit_tests) step unit_tests 400 python3 -m pytest -q -v -n 4 -p no:cacheprovider -rs tests/engine/test_unit.py ;;
     fairness) step fairness 230 python3 benchmarks/unit_fairness.py --ops rms_norm,silu_and_mul,rotary_embedding --budget-s 180 --out "$R/unit_fairness" ;;
     gate_wall) step gate_wall 150 python3 benchmarks/gate_wall.py --ops rms_norm,silu_and_mul --out "$R/gate_wall.md" ;;
     *) echo "unknown step: $s (smoke, gpu_tests, unit_tests, fairness, gate_wall)" | tee -a "$STATUS" ;;

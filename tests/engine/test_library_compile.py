@@ -107,7 +107,7 @@ def test_static_cache_generate_through_the_compiled_forward_keeps_the_tokens():
     handle.unpatch()
 
 
-@pytest.mark.parametrize("family,level", [("llama", 2), ("llama", 3), ("qwen3", 3)])
+@pytest.mark.parametrize("family,level", [("llama", 2), ("qwen3", 3)])
 def test_blocks_take_the_static_cache_form_under_the_compiled_forward(family, level):
     """Attention blocks and decoder layers over HF's static cache: the binding hands them the whole
     preallocated buffers and this step's slots (cache_position, computed on the device), so the
@@ -166,8 +166,8 @@ def test_patch_binds_what_the_family_uses_and_notes_the_rest(tmp_path):
         fastkernels.patch(model, tmp_path, level=1, only=["moe_router"])
 
 
-@pytest.mark.parametrize("family,level", [("llama", 1), ("qwen3", 1), ("mixtral", 1), ("llama", 2), ("mixtral", 2),
-                                          ("llama", 3), ("qwen3", 3), ("llama", 4)])
+# L1 (the norms, attention, embedding), Qwen3's q/k-norm rotary (L3), the MoE pieces (L2), the model (L4)
+@pytest.mark.parametrize("family,level", [("llama", 1), ("mixtral", 2), ("qwen3", 3), ("llama", 4)])
 def test_no_library_kernel_takes_a_runtime_float(family, level):
     # Inside a compiled model Inductor types a kernel's runtime float argument fp64 (Triton alone:
     # fp32), and fp64 spreads through the kernel's math: the H100 compile of L1/attention failed on
