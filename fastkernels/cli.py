@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fastkernels.agent.llm.base import DEFAULT_LLM_MODEL
@@ -178,7 +179,7 @@ def _cmd_history(args) -> int:
             sys.stdout.write(json.dumps(d.to_dict(), indent=2) + "\n")
             return 0
         s = d.summary
-        console.print(f"[bold]{s.name}[/] {s.run_id} · {s.when} · {s.status}")
+        console.print(f"[bold]{escape(str(s.name))}[/] {s.run_id} · {s.when} · {s.status}")
         console.print(f"{s.model} · level {s.level} · {s.backend} · gpu {d.params.get('gpu', '-')} · "
                       + " ".join(f"{k.removeprefix('env.')} {v}" for k, v in d.params.items()
                                  if k in ("env.torch", "env.triton", "env.transformers")))
@@ -210,7 +211,7 @@ def _cmd_history(args) -> int:
         console.print(f"{len(runs)} runs, newest first · {resolve_tracking_uri(args.tracking_uri)}")
         for r in runs:
             best = ", ".join(f"{op} {fmt(x, 'x')}" for op, x in r.best_speedups) or "-"
-            console.print(f"[bold]{r.when}[/]  {r.run_id[:8]}  {r.status}  {r.model}  L{r.level}  {r.backend}")
+            console.print(f"[bold]{r.when}[/]  {r.run_id[:8]}  {r.status}  {escape(str(r.model))}  L{r.level}  {escape(str(r.backend))}")
             console.print(f"    passing {r.kernels_passing}/{r.kernels_total} · best {best} · "
                           f"e2e match {fmt(r.e2e_token_match)} · e2e speedup {fmt(r.e2e_speedup, 'x')}")
         return 0
@@ -284,7 +285,6 @@ def _args_bench(p: argparse.ArgumentParser) -> None:
 
 def _cmd_bench(args) -> int:
     """`fastkernels bench`: run, print, optionally write the JSON report; 0 pass, 1 fail."""
-    from rich.markup import escape
 
     from fastkernels import events as ev
     from fastkernels.measure.e2e import default_candidates_dir, report_renderables, run_benchmark
@@ -378,7 +378,7 @@ def _cmd_check(args) -> int:
     # The agent's own gate: validation and the unit benchmark in one sandboxed child.
     result, report = run_gate(spec, code, seeds=args.seeds, timing=not args.no_timing, cuda_only=args.cuda_only)
     if not result.ok:
-        console.print(f"[bold red]invalid[/] ({result.stage}): {result.error}")
+        console.print(f"[bold red]invalid[/] ({result.stage}): {escape(result.error)}")
         return 1
     console.print("[green]valid[/]: imports and constructs")
     timed = any(s.candidate_ms is not None for s in report.shapes)
@@ -409,11 +409,11 @@ def _cmd_check(args) -> int:
         console.print(table)
     for s in report.shapes:
         if not s.passed:
-            console.print(f"[red]{s.shape} {s.dtype}:[/] {s.reason}")
+            console.print(f"[red]{s.shape} {s.dtype}:[/] {escape(s.reason)}")
     if report.timing_note:
         console.print(f"timings: {report.timing_note}")
     if report.error:
-        console.print(f"[bold red]error:[/] {report.error}")
+        console.print(f"[bold red]error:[/] {escape(report.error)}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=2))
     console.print(("[bold green]PASSED[/]" if report.passed else "[bold red]FAILED[/]") + f" in {report.seconds:.1f} s")
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         _apply_tracking_args(args)
         return int(args._run(args) or 0)
     except FastKernelsError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

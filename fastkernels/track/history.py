@@ -107,8 +107,13 @@ def _open(uri: str | None):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+    except Exception as exc:  # a store that is not one (a corrupt or foreign file): say so, in one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"the tracking store {uri} cannot be read ({type(exc).__name__}: {first}); move it "
+                         "aside or point MLFLOW_TRACKING_URI / --tracking-uri at another") from None
     return (client, exp.experiment_id) if exp is not None else None
 
 

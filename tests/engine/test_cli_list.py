@@ -80,3 +80,14 @@ def test_a_binary_kernel_file_and_an_out_that_is_a_file_are_one_line_errors(tmp_
         assert cli.main(["agent", "--tiny", "--level", "1", "--llm-model", "library", "--out", str(out)]) != 0
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {says}") and "\n" not in err, err
+
+
+def test_error_text_with_rich_markup_is_printed_as_it_is(tmp_path, capsys, monkeypatch):
+    # a kernel's own error text reaches the console: "[/]" in it once crashed the printer
+    monkeypatch.setenv("FASTKERNELS_TRACKING", "0")
+    kernel = tmp_path / "kernel.py"
+    kernel.write_text('from torch import nn\nraise RuntimeError("bad [/] markup [bold]x")\n\n'
+                      "class RMSNorm(nn.Module):\n    def forward(self, x):\n        return x\n")
+    assert cli.main(["check", str(kernel), "--level", "1", "--tiny"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "invalid (import):" in out and 'bad [/] markup [bold]x' in out, out

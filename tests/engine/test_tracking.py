@@ -204,6 +204,11 @@ def test_history_usage_errors_and_empty_store(tmp_path, capsys):
     assert not (tmp_path / "none.db").exists()  # reading never creates a store
     assert cli.main(["history", "--tracking-uri", uri, "0123abcd"]) == 2
     assert "no tracked runs" in capsys.readouterr().err
+    (tmp_path / "broken.db").write_bytes(b"not a database, a few bytes of something else")
+    broken = f"sqlite:///{tmp_path}/broken.db"
+    assert cli.main(["history", "--tracking-uri", broken]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the tracking store {broken} cannot be read (DatabaseError") and "\n" not in err, err
 
 
 def test_no_secret_reaches_the_store(store):
