@@ -133,12 +133,13 @@ def cache_kwarg(cls) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def read_static(cache, layer_idx: int, seq: int):
+def read_static(cache, layer_idx: int, seq: int, written: bool = False):
     """(keys, values, cache_position) of one layer of HF's static cache (`StaticLayer`: what
     `cache_implementation="static"` and a compiled decode step use) once its buffers exist: the
     whole preallocated [B, Hkv, L, D] buffers and this step's `seq` slots, computed on the device
     from the layer's own counter (no host read: the step replays as a CUDA graph). None for any
-    other cache (sliding-window static layers included) or before the first write."""
+    other cache (sliding-window static layers included) or before the first write. written=True:
+    after this step's write (the slots are the last `seq` the counter passed)."""
     layers = getattr(cache, "layers", None) if cache is not None else None
     if layers is None or layer_idx >= len(layers):
         return None
@@ -149,7 +150,7 @@ def read_static(cache, layer_idx: int, seq: int):
     if not torch.is_tensor(count) or layer.keys is None:
         return None
     slots = torch.arange(seq, device=layer.keys.device) + count.reshape(-1)[:1]
-    return layer.keys, layer.values, slots
+    return layer.keys, layer.values, (slots - seq if written else slots)
 
 
 def read_past(cache, layer_idx: int, like: torch.Tensor, kv_heads: int, head_dim: int):
@@ -217,7 +218,10 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
     if cache is not None:
         k, v = cache.update(k, v, self.layer_idx)
     core = slots.get("attention")
-    if core is not None:
+    static = read_static(cache, self.layer_idx, q.shape[2], written=True) if core is not None else None
+    if static is not None:  # the whole static buffers, keys valid up to this step's slots
+        out = core(q.contiguous(), k, v, static[2])
+    elif core is not None:
         out = core(q.contiguous(), k.contiguous(), v.contiguous())
     else:
         interface = slots["attention_functions"].get_interface(self.config._attn_implementation,

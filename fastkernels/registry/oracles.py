@@ -87,11 +87,22 @@ def _attention(config, family, baseline, inputs):
     from transformers import DynamicCache
     from transformers.masking_utils import create_causal_mask
 
-    q, k, v = inputs
+    q, k, v = inputs[:3]
     batch, s, total = q.shape[0], q.shape[2], k.shape[2]
     past = total - s
     with torch.device("meta"):  # only its head grouping and scaling are read, not its weights
         module = hf_class(family, "Attention")(config, layer_idx=0).eval()
+    if len(inputs) == 4:  # the static-cache form: HF's StaticCache holding the buffers, its own mask
+        from fastkernels.registry.oracles_blocks import causal_mask, static_cache
+
+        first = int(inputs[3][0])
+        cache = static_cache(config, k, v, first)  # its counter as the model reads it: before the write
+        probe = torch.empty(batch, s, 1, dtype=q.dtype, device=q.device)
+        mask = causal_mask(config, probe, cache, first)
+        out, _weights = hf_attr(family, "eager_attention_forward")(
+            module, q, k, v, mask, scaling=module.scaling, dropout=0.0
+        )
+        return out
     cache = DynamicCache()
     if past:
         cache.update(k[:, :, :past], v[:, :, :past], 0)

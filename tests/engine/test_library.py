@@ -249,6 +249,15 @@ def test_attention_decode_split_k(dtype):
         out = m.attention_decode(q, k, v, d**-0.5, n_splits=splits, block_n=block_n)
         check_attention(out, q, k, v, d**-0.5, f"decode {b, hq, hkv, n, d, splits}")
     assert m.decode_splits(1, 8, 4097, 64, 132) == (320, 13)  # Llama-3.1-8B decode: 104 programs
+    # the static-cache form: 400-row buffers whose keys end at slot 150 (the rows after it are
+    # garbage); the plan splits the whole buffer, so the chunks past slot 150 run no step and the
+    # merge gives them no weight; the result is attention over the 151 keys alone
+    q = _randn(1, 4, 1, 16, dtype=dtype, seed=4)
+    k, v = _randn(1, 2, 400, 16, dtype=dtype, seed=5) * 8, _randn(1, 2, 400, 16, dtype=dtype, seed=6) * 8
+    for splits in (1, 4, 25):
+        out = m.attention_decode(q, k, v, 0.25, n_splits=splits, block_n=16,
+                                 cache_position=torch.tensor([150], device=DEVICE))
+        check_attention(out, q, k[:, :, :151], v[:, :, :151], 0.25, f"decode static, {splits} splits")
     assert m.decode_splits(1, 4, 4097, 64, 132) == (192, 22)  # Qwen2.5-7B decode: 88 programs
 
 

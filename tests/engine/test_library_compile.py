@@ -89,9 +89,8 @@ def test_patched_model_compiles_fullgraph_and_matches(family, level):
 
 
 def test_static_cache_generate_through_the_compiled_forward_keeps_the_tokens():
-    # L1/attention is left out: with a static cache the binding hands it the cache's whole
-    # preallocated buffer (unwritten rows included) as if every row were a key, and it takes no
-    # count of the valid ones (the binding would have to pass one).
+    # The operators around attention, each seen in the graph; attention itself (the static-cache
+    # form) in test_blocks_take_the_static_cache_form_under_the_compiled_forward[llama-1].
     model = tiny("llama")
     prompt = ids(batch=1)
     kwargs = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, cache_implementation="static", pad_token_id=0)
@@ -107,10 +106,11 @@ def test_static_cache_generate_through_the_compiled_forward_keeps_the_tokens():
     handle.unpatch()
 
 
-@pytest.mark.parametrize("family,level", [("llama", 2), ("qwen3", 3)])
+@pytest.mark.parametrize("family,level", [("llama", 1), ("llama", 2), ("qwen3", 3)])
 def test_blocks_take_the_static_cache_form_under_the_compiled_forward(family, level):
-    """Attention blocks and decoder layers over HF's static cache: the binding hands them the whole
-    preallocated buffers and this step's slots (cache_position, computed on the device), so the
+    """Attention (L1, every operator of the level), attention blocks and decoder layers over HF's
+    static cache: the binding hands them the whole preallocated buffers and this step's slots
+    (cache_position, computed on the device), so the
     compiled decode step has static shapes and no data-dependent branch (on the H100 the L2
     library failed here before: `if past` on a length read from the cache). Greedy tokens match
     the unpatched model's."""

@@ -36,6 +36,7 @@ Output [B, S, Hq, D] contiguous, written directly in that layout (no transpose p
 
 import functools
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -212,7 +213,7 @@ _attn_prefill_tuned_graph = triton.autotune(
 
 @triton.jit
 def _attn_decode_partial_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, pos_ptr,
     ml_offset, n_keys, n_kv_heads, group, chunk, n_splits,
     sq_b, sq_h, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h,
     qk_scale: tl.constexpr,  # a constant: a runtime float is fp64 under Inductor
@@ -223,6 +224,7 @@ def _attn_decode_partial_kernel(
     DIRECT: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    STATIC: tl.constexpr,  # k/v are a static cache's whole buffers: the keys end at pos_ptr's slot
 ):
     # One program: (sequence b, kv head, chunk of the cache). Its rows are the `group` query heads
     # that share this kv head, so each K/V byte is loaded once per group, not once per query head.
@@ -243,8 +245,10 @@ def _attn_decode_partial_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    if STATIC:  # read on the device: a CUDA graph replays this launch at every position
+        n_keys = tl.load(pos_ptr).to(tl.int32) + 1
     lo = split * chunk
-    hi = tl.minimum(lo + chunk, n_keys)
+    hi = tl.minimum(lo + chunk, n_keys)  # a chunk past the last key runs no step: m = -inf, l = 0
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         # One query per sequence sits at the last position: it sees every cached key, so the only
@@ -440,7 +444,7 @@ def decode_splits(bsz: int, n_kv_heads: int, n_keys: int, block_n: int, n_sms: i
 
 @functools.lru_cache(maxsize=1024)  # pure in its arguments: a decode step reuses its launch plan
 def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_n, num_warps, num_stages,
-                 qk_scale):
+                 qk_scale, static=False):
     fp32 = dtype == torch.float32
     block_n = block_n or (32 if fp32 else 64)
     block_d = max(16, _p2(dim))
@@ -452,6 +456,7 @@ def _decode_plan(bsz, n_heads, dim, n_kv, n_keys, dtype, n_sms, n_splits, block_
     partial_meta = {
         "qk_scale": qk_scale, "HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_G": max(16, _p2(n_heads // n_kv)),
         "BLOCK_N": block_n, "DIRECT": splits == 1, "PRECISION": _precision(dtype), "UPCAST": _INTERPRET,
+        "STATIC": bool(static),
         "num_warps": num_warps or (8 if fp32 else 4), "num_stages": num_stages or (2 if fp32 else 3),
     }
     merge_meta = {"HEAD_DIM": dim, "BLOCK_D": block_d, "BLOCK_SPLITS": _p2(splits), "CHUNK": 16,
@@ -470,8 +475,11 @@ def attention_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    cache_position: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One new token per sequence (q [B,Hq,1,D]) over its whole cache k/v [B,Hkv,L,D] -> [B,1,Hq,D].
+    """One new token per sequence (q [B,Hq,1,D]) over its whole cache k/v [B,Hkv,L,D] -> [B,1,Hq,D];
+    with cache_position (the static-cache form) only keys 0..cache_position[0] count, a bound the
+    kernel reads on the device (chunks past it run no step; the plan is the whole buffer's).
     Split-K flash-decoding: two launches (partials, then a merge with one program per query head),
     or one when a single chunk suffices. (A one-launch variant, where the last chunk of each kv head
     merged the partials, measured slower on the H100: 20.2 vs 18.4 us at Llama decode as CUDA
@@ -492,8 +500,9 @@ def attention_decode(
         return out
     chunk, splits, rows, n_part_o, partial_meta, merge_meta = _decode_plan(
         bsz, n_heads, dim, n_kv, n_keys, q.dtype, _sm_count(q.device), n_splits, block_n, num_warps, num_stages,
-        float(scaling) * _LOG2E,
+        float(scaling) * _LOG2E, cache_position is not None,
     )
+    pos = cache_position if cache_position is not None else q  # unread without STATIC
     traced = _traced(q)
     if splits > 1:
         part = torch.empty(n_part_o + 2 * rows, dtype=torch.float32, device=q.device)
@@ -503,10 +512,10 @@ def attention_decode(
     key = None
     if not traced and not ((q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15):  # out and part: fresh, aligned
         key = (bsz, n_heads, dim, n_kv, n_keys, q.dtype, k.dtype, v.dtype, qs, ks, vs, q.device.index,
-               n_splits, block_n, num_warps, num_stages, scaling)
+               n_splits, block_n, num_warps, num_stages, scaling, cache_position is not None)
     _launch(
         _attn_decode_partial_kernel, (bsz * n_kv, splits),
-        (q, k, v, out, part, n_part_o, n_keys, n_kv, n_heads // n_kv, chunk, splits,
+        (q, k, v, out, part, pos, n_part_o, n_keys, n_kv, n_heads // n_kv, chunk, splits,
          qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], n_heads * dim, dim),
         partial_meta, key,
     )
@@ -516,16 +525,35 @@ def attention_decode(
     return out
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+              cache_position: torch.Tensor | None = None) -> torch.Tensor:
     if torch.compiler.is_compiling():
-        return _ATTENTION(q, k, v, float(scaling))
-    return _attention(q, k, v, scaling)
+        return _ATTENTION(q, k, v, float(scaling), cache_position)
+    return _attention(q, k, v, scaling, cache_position)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float,
+               cache_position: Optional[torch.Tensor] = None) -> torch.Tensor:
     if q.shape[2] == 1:
-        return attention_decode(q, k, v, scaling)
+        return attention_decode(q, k, v, scaling, cache_position=cache_position)
+    if cache_position is not None:
+        return _static_prefill(q, k, v, scaling, cache_position)
     return attention_prefill(q, k, v, scaling)
+
+
+def _static_prefill(q, k, v, scaling: float, cache_position: torch.Tensor) -> torch.Tensor:
+    """Several new tokens over a static cache's whole buffers (a prompt, once per generate): torch's
+    ops with the baseline's rounding points, the mask built on the device. Not a kernel of ours:
+    the step that repeats, decode, is."""
+    b, hq, s, d = q.shape
+    hkv, total = k.shape[1], k.shape[2]
+    qg = q.reshape(b, hkv, (hq // hkv) * s, d)  # grouped by kv head: no copy of the cache
+    scores = torch.matmul(qg, k.transpose(2, 3)).view(b, hq, s, total) * scaling
+    seen = torch.arange(total, device=q.device)[None, :] <= cache_position[:, None]
+    scores = scores.masked_fill(~seen, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(probs.view(b, hkv, (hq // hkv) * s, total), v).view(b, hq, s, d)
+    return out.transpose(1, 2).contiguous()
 
 
 _ATTENTION = _register_op("attention", _attention)
@@ -539,5 +567,5 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.scaling = scaling
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return attention(q, k, v, self.scaling)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache_position=None) -> torch.Tensor:
+        return attention(q, k, v, self.scaling, cache_position)
